@@ -1,0 +1,31 @@
+"""Installs ttsr_jax; `pip install -e .[test]` also brings what the test-suite needs."""
+
+from setuptools import find_packages, setup
+
+# Versions verified together on the 2-core CPU machines (2026-11); tensorflow-cpu only feeds tf.data.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    "numpy>=2.4,<2.5",
+    "pillow==13.0.0",
+    "scikit-image>=0.26,<0.27",  # real photos for the demo dataset
+    "matplotlib>=3.9",
+]
+
+setup(
+    name="ttsr_jax",
+    version="0.1.0",
+    description="TTSR (texture transformer super-resolution) in JAX/Flax, matching the PyTorch reference",
+    packages=find_packages(include=["ttsr_jax", "ttsr_jax.*", "data_pipeline", "data_pipeline.*", "configs"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=8", "h5py>=3.10"]},
+)
