@@ -1,0 +1,31 @@
+"""Comparisons against ../shared/parity's golden arrays (NCHW, some stored compactly)."""
+
+import numpy as np
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+  return np.asarray(x).transpose(0, 2, 3, 1)
+
+
+def nchw(x) -> np.ndarray:
+  return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+def assert_feature_close(ours_nhwc, case: dict, name: str, rel: float = 1e-5) -> None:
+  """Checks a feature map against a full or compact golden tensor with the README's tolerances:
+  |a - b| <= rel * max(1, max|b|) element-wise, per-channel sums and sums of squares relative rel."""
+  ours = nchw(ours_nhwc).astype(np.float64)
+  if name in case:
+    want = case[name].astype(np.float64)
+    assert ours.shape == want.shape, (name, ours.shape, want.shape)
+    err = np.abs(ours - want).max()
+    assert err <= rel * max(1.0, np.abs(want).max()), f"{name}: max |diff| {err:.3g}"
+    return
+  assert ours.shape == tuple(case[f"{name}/shape"]), (name, ours.shape, case[f"{name}/shape"])
+  scale = max(1.0, float(case[f"{name}/max_abs"]))
+  channels = case[f"{name}/subset_channels"]
+  err = np.abs(ours[:, channels] - case[f"{name}/subset"]).max()
+  assert err <= rel * scale, f"{name}: subset max |diff| {err:.3g} (scale {scale:.3g})"
+  for stat, values in (("ch_sum", ours.sum(axis=(0, 2, 3))), ("ch_sumsq", (ours ** 2).sum(axis=(0, 2, 3)))):
+    want = case[f"{name}/{stat}"]
+    np.testing.assert_allclose(values, want, rtol=rel, atol=rel * scale, err_msg=f"{name}/{stat}")

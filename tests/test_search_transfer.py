@@ -1,0 +1,100 @@
+"""Chunked search equals the whole-matrix search; transfer equals unfold -> gather -> fold."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_case
+from parity import nhwc
+from ttsr_jax import convert
+from ttsr_jax.models.lte import LTE
+from ttsr_jax.models.search_transfer import search, transfer, unfold3x3
+from ttsr_jax.models.ttsr import to_unit_range
+
+search_jit = jax.jit(search, static_argnums=2)
+
+
+def _random_features(key, lr_hw, ref_hw, channels=32):
+  k1, k2 = jax.random.split(key)
+  # Post-ReLU-like features with many exact zeros, as LTE features have.
+  lr = jax.nn.relu(jax.random.normal(k1, (2, *lr_hw, channels)))
+  ref = jax.nn.relu(jax.random.normal(k2, (2, *ref_hw, channels)))
+  return lr, ref
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_chunked_search_equals_full_on_random_features(chunk_size):
+  lr, ref = _random_features(jax.random.key(0), (9, 11), (10, 6))
+  s_full, idx_full = search_jit(lr, ref, 0)
+  s_chunk, idx_chunk = search_jit(lr, ref, chunk_size)
+  np.testing.assert_array_equal(np.asarray(idx_chunk), np.asarray(idx_full))
+  np.testing.assert_array_equal(np.asarray(s_chunk), np.asarray(s_full))
+
+
+def test_chunked_search_equals_full_on_real_images():
+  weights = load_case("a_weights.npz")
+  case_a, case_b = load_case("a_forward.npz"), load_case("b_forward_testpath.npz")
+  lte_params = convert.import_state_dict(
+      {k: v for k, v in weights.items() if k.startswith("LTE.")},
+      {"LTE": convert.abstract_params(LTE(), jnp.zeros((1, 16, 16, 3)))})["LTE"]
+  lv3 = jax.jit(lambda x: LTE().apply({"params": lte_params}, to_unit_range(x))[2])
+  # Batch 2: the case-b LR image twice, against case b's reference and a 160x160 training reference.
+  lrsr = np.concatenate([nhwc(case_b["lrsr"])] * 2)
+  refsr = np.concatenate([nhwc(case_b["refsr"])[:, :148, :108]] * 2)
+  refsr[1] = nhwc(case_a["refsr"])[0, :148, :108]
+  s_full, idx_full = search_jit(lv3(lrsr), lv3(refsr), 0)
+  s_chunk, idx_chunk = search_jit(lv3(lrsr), lv3(refsr), 100)
+  np.testing.assert_array_equal(np.asarray(idx_chunk), np.asarray(idx_full))
+  np.testing.assert_array_equal(np.asarray(s_chunk), np.asarray(s_full))
+  np.testing.assert_array_equal(np.asarray(idx_full)[0][~case_b["R_fragile"][0]],
+                                case_b["R_arg"][0][~case_b["R_fragile"][0]])
+
+
+def _fold_reference(index, ref_feat, lr_hw, scale):
+  """The reference's unfold(3s, stride s, pad s) -> gather -> fold / 9, in NumPy."""
+  n, rh, rw, c = ref_feat.shape
+  k, pad = 3 * scale, scale
+  padded = np.pad(ref_feat, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  grid_w = (rw + 2 * pad - k) // scale + 1
+  lh, lw = lr_hw
+  out = np.zeros((n, lh * scale + 2 * pad, lw * scale + 2 * pad, c))
+  for b in range(n):
+    for i in range(lh * lw):
+      jr, jc = divmod(int(index[b, i]), grid_w)
+      ir, ic = divmod(i, lw)
+      patch = padded[b, jr * scale:jr * scale + k, jc * scale:jc * scale + k]
+      out[b, ir * scale:ir * scale + k, ic * scale:ic * scale + k] += patch
+  return out[:, pad:pad + lh * scale, pad:pad + lw * scale] / 9
+
+
+@pytest.mark.parametrize("ref_hw", [(24, 20), (26, 18)])  # lv1 sides multiple of 4, and not
+def test_transfer_equals_unfold_gather_fold(ref_hw):
+  rng = np.random.RandomState(0)
+  lr_hw = (5, 7)
+  h, w = ref_hw[0] // 4, ref_hw[1] // 4
+  feats = [rng.standard_normal((2, ref_hw[0] // d, ref_hw[1] // d, 3)).astype(np.float32) for d in (1, 2, 4)]
+  index = rng.randint(0, h * w, size=(2, lr_hw[0] * lr_hw[1]))
+  got = transfer(jnp.asarray(index), w, lr_hw, *[jnp.asarray(f) for f in feats])
+  for t, feat, scale in zip(got, feats[::-1], (1, 2, 4)):
+    np.testing.assert_allclose(np.asarray(t), _fold_reference(index, feat, lr_hw, scale), atol=1e-5)
+
+
+def test_unfold_zero_pads_borders():
+  x = jnp.arange(1, 7, dtype=jnp.float32).reshape(1, 2, 3, 1)
+  patches = np.asarray(unfold3x3(x))
+  np.testing.assert_array_equal(patches[0, 0], [0, 0, 0, 0, 1, 2, 0, 4, 5])
+  np.testing.assert_array_equal(patches[0, 5], [2, 3, 0, 5, 6, 0, 0, 0, 0])
+
+
+def test_search_gradient_reaches_only_the_selected_patch():
+  lr, ref = _random_features(jax.random.key(3), (4, 4), (4, 4), channels=4)
+  _, index = search(lr, ref)
+  grad_ref = jax.grad(lambda r: search(lr, r)[0].sum())(ref)
+  touched = np.zeros((2, 4, 4), bool)
+  for b in range(2):
+    for j in np.unique(np.asarray(index[b])):
+      r, c = divmod(int(j), 4)
+      touched[b, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = True
+  assert np.all(np.asarray(grad_ref)[~touched] == 0)
+  assert np.any(np.asarray(grad_ref)[touched] != 0)

@@ -1,0 +1,1 @@
+"""TTSR (texture transformer super-resolution) in JAX/Flax, matching the PyTorch reference."""

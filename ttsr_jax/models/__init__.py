@@ -1,0 +1,1 @@
+"""Flax modules, one per reference component."""

@@ -1,0 +1,163 @@
+"""MainNet: the texture-transfer backbone with cross-scale feature integration (`model/MainNet.py`).
+
+Submodule names follow the reference's state-dict keys (`SFE.RBs.0.conv1` -> `SFE/RBs_0/conv1`).
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ttsr_jax.models.layers import Conv2d
+from ttsr_jax.ops.bicubic import upsample_bicubic
+from ttsr_jax.ops.pixel_shuffle import pixel_shuffle
+
+relu = jax.nn.relu
+
+
+def _cat(*xs: jnp.ndarray) -> jnp.ndarray:
+  return jnp.concatenate(xs, axis=-1)
+
+
+class ResBlock(nn.Module):
+  n_feats: int
+  res_scale: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = Conv2d(self.n_feats, dtype=self.dtype, name="conv1")(x)
+    y = Conv2d(self.n_feats, dtype=self.dtype, name="conv2")(relu(y))
+    return y * self.res_scale + x
+
+
+def _res_blocks(x, name: str, count: int, n_feats: int, res_scale: float, dtype):
+  for i in range(count):
+    x = ResBlock(n_feats, res_scale, dtype, name=f"{name}_{i}")(x)
+  return x
+
+
+class SFE(nn.Module):
+  """Shallow feature extraction; the skip is the post-ReLU head output."""
+
+  n_feats: int
+  num_res_blocks: int
+  res_scale: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    head = relu(Conv2d(self.n_feats, dtype=self.dtype, name="conv_head")(x))
+    y = _res_blocks(head, "RBs", self.num_res_blocks, self.n_feats, self.res_scale, self.dtype)
+    return Conv2d(self.n_feats, dtype=self.dtype, name="conv_tail")(y) + head
+
+
+class CSFI2(nn.Module):
+  """Cross-scale feature integration of a 1x and a 2x branch."""
+
+  n_feats: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x1, x2):
+    conv = lambda name, k=3, s=1: Conv2d(self.n_feats, k, s, dtype=self.dtype, name=name)
+    x12 = relu(conv("conv12", 1)(upsample_bicubic(x1, 2)))
+    x21 = relu(conv("conv21", 3, 2)(x2))
+    x1 = relu(conv("conv_merge1")(_cat(x1, x21)))
+    x2 = relu(conv("conv_merge2")(_cat(x2, x12)))
+    return x1, x2
+
+
+class CSFI3(nn.Module):
+  """Cross-scale feature integration of 1x, 2x and 4x branches."""
+
+  n_feats: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x1, x2, x3):
+    conv = lambda name, k=3, s=1: Conv2d(self.n_feats, k, s, dtype=self.dtype, name=name)
+    x12 = relu(conv("conv12", 1)(upsample_bicubic(x1, 2)))
+    x13 = relu(conv("conv13", 1)(upsample_bicubic(x1, 4)))
+    x21 = relu(conv("conv21", 3, 2)(x2))
+    x23 = relu(conv("conv23", 1)(upsample_bicubic(x2, 2)))
+    x31 = relu(conv("conv31_2", 3, 2)(relu(conv("conv31_1", 3, 2)(x3))))
+    x32 = relu(conv("conv32", 3, 2)(x3))
+    x1 = relu(conv("conv_merge1")(_cat(x1, x21, x31)))
+    x2 = relu(conv("conv_merge2")(_cat(x2, x12, x32)))
+    x3 = relu(conv("conv_merge3")(_cat(x3, x13, x23)))
+    return x1, x2, x3
+
+
+class MergeTail(nn.Module):
+  n_feats: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x1, x2, x3):
+    conv = lambda feats, name, k=3: Conv2d(feats, k, dtype=self.dtype, name=name)
+    x13 = relu(conv(self.n_feats, "conv13", 1)(upsample_bicubic(x1, 4)))
+    x23 = relu(conv(self.n_feats, "conv23", 1)(upsample_bicubic(x2, 2)))
+    y = relu(conv(self.n_feats, "conv_merge")(_cat(x3, x13, x23)))
+    y = conv(self.n_feats // 2, "conv_tail1")(y)
+    y = conv(3, "conv_tail2", 1)(y)
+    return jnp.clip(y, -1.0, 1.0)
+
+
+class MainNet(nn.Module):
+  """(lr, S, T_lv3, T_lv2, T_lv1) -> sr, all NHWC; lr in [-1, 1], sr clamped to [-1, 1].
+
+  `remat` recomputes each stage's activations in the backward pass instead of storing them
+  (a memory knob: same numbers, more FLOPs).
+  """
+
+  n_feats: int = 64
+  num_res_blocks: Sequence[int] = (16, 16, 8, 4)
+  res_scale: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  def _stage(self, fn):
+    return nn.remat(fn) if self.remat else fn
+
+  @nn.compact
+  def __call__(self, lr, s, t_lv3, t_lv2, t_lv1):
+    n, dt = self.n_feats, self.dtype
+    a, b, c, d = self.num_res_blocks
+    rs = self.res_scale
+    conv = lambda feats, name: Conv2d(feats, dtype=dt, name=name)
+    s = s.astype(dt)
+
+    def stage1(mdl, lr, s, t_lv3):
+      f = SFE(n, a, rs, dt, name="SFE")(lr)
+      f = f + conv(n, "conv11_head")(_cat(f, t_lv3.astype(dt))) * s
+      r = _res_blocks(f, "RB11", b, n, rs, dt)
+      return f + conv(n, "conv11_tail")(r)
+
+    def stage2(mdl, x11, s, t_lv2):
+      x21 = x11
+      x22 = relu(pixel_shuffle(conv(4 * n, "conv12")(x11)))
+      x22 = x22 + conv(n, "conv22_head")(_cat(x22, t_lv2.astype(dt))) * upsample_bicubic(s, 2)
+      r1, r2 = CSFI2(n, dt, name="ex12")(x21, x22)
+      for i in range(c):
+        r1 = ResBlock(n, rs, dt, name=f"RB21_{i}")(r1)
+        r2 = ResBlock(n, rs, dt, name=f"RB22_{i}")(r2)
+      return x21 + conv(n, "conv21_tail")(r1), x22 + conv(n, "conv22_tail")(r2)
+
+    def stage3(mdl, x21, x22, s, t_lv1):
+      x31, x32 = x21, x22
+      x33 = relu(pixel_shuffle(conv(4 * n, "conv23")(x22)))
+      x33 = x33 + conv(n, "conv33_head")(_cat(x33, t_lv1.astype(dt))) * upsample_bicubic(s, 4)
+      r1, r2, r3 = CSFI3(n, dt, name="ex123")(x31, x32, x33)
+      for i in range(d):
+        r1 = ResBlock(n, rs, dt, name=f"RB31_{i}")(r1)
+        r2 = ResBlock(n, rs, dt, name=f"RB32_{i}")(r2)
+        r3 = ResBlock(n, rs, dt, name=f"RB33_{i}")(r3)
+      return (x31 + conv(n, "conv31_tail")(r1), x32 + conv(n, "conv32_tail")(r2),
+              x33 + conv(n, "conv33_tail")(r3))
+
+    x11 = self._stage(stage1)(self, lr.astype(dt), s, t_lv3)
+    x21, x22 = self._stage(stage2)(self, x11, s, t_lv2)
+    x31, x32, x33 = self._stage(stage3)(self, x21, x22, s, t_lv1)
+    return MergeTail(n, dt, name="merge_tail")(x31, x32, x33).astype(jnp.float32)

@@ -1,0 +1,60 @@
+"""TTSR: LTE + search/transfer + MainNet (reference `model/TTSR.py`)."""
+
+from typing import NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ttsr_jax.models.lte import LTE
+from ttsr_jax.models.main_net import MainNet
+from ttsr_jax.models.search_transfer import search, transfer
+
+
+class TTSROutput(NamedTuple):
+  """Model outputs, NHWC: sr (N,4H,4W,3), S (N,H,W,1), T_lv3 (N,H,W,C3), T_lv2 (N,2H,2W,128),
+  T_lv1 (N,4H,4W,64), and the hard-attention index (N, H*W) into the reference's lv3 grid."""
+
+  sr: jnp.ndarray
+  S: jnp.ndarray
+  T_lv3: jnp.ndarray
+  T_lv2: jnp.ndarray
+  T_lv1: jnp.ndarray
+  index: jnp.ndarray
+
+
+def to_unit_range(x: jnp.ndarray) -> jnp.ndarray:
+  """[-1, 1] images -> [0, 1], the input range of every VGG-style network."""
+  return (x + 1.0) / 2.0
+
+
+class TTSR(nn.Module):
+  """Texture transformer super-resolution, x4.
+
+  Inputs are NHWC images in [-1, 1]: lr (N,H,W,3), lrsr (N,4H,4W,3), ref and refsr (N,Hr,Wr,3)
+  with any Hr, Wr (multiples of 4 in every data path), independent of H and W.
+  Parameters: {'LTE': ..., 'MainNet': ...}; the LTE's get their own learning rate.
+  """
+
+  n_feats: int = 64
+  num_res_blocks: Sequence[int] = (16, 16, 8, 4)
+  res_scale: float = 1.0
+  lte_reduce_lv3: bool = False
+  search_chunk_size: int = 0
+  dtype: jnp.dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    self.LTE = LTE(self.lte_reduce_lv3, self.dtype)
+    self.MainNet = MainNet(self.n_feats, tuple(self.num_res_blocks), self.res_scale, self.dtype,
+                           self.remat)
+
+  def __call__(self, lr, lrsr, ref, refsr, index: Optional[jnp.ndarray] = None) -> TTSROutput:
+    """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests)."""
+    _, _, lrsr_lv3 = self.LTE(to_unit_range(lrsr))
+    _, _, refsr_lv3 = self.LTE(to_unit_range(refsr))
+    ref_lv1, ref_lv2, ref_lv3 = self.LTE(to_unit_range(ref))
+    s, index = search(lrsr_lv3, refsr_lv3, self.search_chunk_size, index)
+    lr_hw = lr.shape[1:3]
+    t_lv3, t_lv2, t_lv1 = transfer(index, refsr_lv3.shape[2], lr_hw, ref_lv1, ref_lv2, ref_lv3)
+    sr = self.MainNet(lr, s, t_lv3, t_lv2, t_lv1)
+    return TTSROutput(sr, s.astype(jnp.float32), t_lv3, t_lv2, t_lv1, index)

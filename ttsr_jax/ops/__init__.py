@@ -1,0 +1,1 @@
+"""Array operations that must match PyTorch exactly (resampling, pixel shuffle, patches)."""
