@@ -38,7 +38,8 @@ def test_chunked_search_equals_full_on_real_images():
   lte_params = convert.import_state_dict(
       {k: v for k, v in weights.items() if k.startswith("LTE.")},
       {"LTE": convert.abstract_params(LTE(), jnp.zeros((1, 16, 16, 3)))})["LTE"]
-  lv3 = jax.jit(lambda x: LTE().apply({"params": lte_params}, to_unit_range(x))[2])
+  lte = jax.jit(lambda p, x: LTE().apply({"params": p}, to_unit_range(x))[2])
+  lv3 = lambda x: lte(lte_params, x)
   # Batch 2: the case-b LR image twice, against case b's reference and a 160x160 training reference.
   lrsr = np.concatenate([nhwc(case_b["lrsr"])] * 2)
   refsr = np.concatenate([nhwc(case_b["refsr"])[:, :148, :108]] * 2)

@@ -58,3 +58,7 @@ class TTSR(nn.Module):
     t_lv3, t_lv2, t_lv1 = transfer(index, refsr_lv3.shape[2], lr_hw, ref_lv1, ref_lv2, ref_lv3)
     sr = self.MainNet(lr, s, t_lv3, t_lv2, t_lv1)
     return TTSROutput(sr, s.astype(jnp.float32), t_lv3, t_lv2, t_lv1, index)
+
+  def texture_features(self, x01: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """LTE features (lv1, lv2, lv3) of [0, 1] images, e.g. of sr for the texture loss."""
+    return self.LTE(x01)
