@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "pillow==13.0.0",
     "scikit-image>=0.26,<0.27",  # real photos for the demo dataset
     "matplotlib>=3.9",
+    "importlib_resources",  # tensorflow-datasets needs it to prepare datasets but does not declare it
 ]
 
 setup(

@@ -1,0 +1,22 @@
+"""CUFED data for TTSR: the reference's samples, prepared once, then fed deterministically.
+
+Modules (import the one you need; only `cufed`, `train` and `prepare` import TensorFlow):
+  files      CUFED layout, image reading and the `DatasetError` family
+  samples    the reference's train / test samples with NumPy and Pillow (uint8, HWC)
+  cufed      the TFDS builder `cufed` and `prepare()` (all the Pillow work, once)
+  prepare    `python -m data_pipeline.prepare`: the preparation command
+  train      training batches: (seed, epoch)-determined order and augmentation, host shards,
+             global jax.Arrays
+  device     host batches to normalised, globally sharded jax.Arrays, prefetched (no TF)
+  cufed5     CUFED5 test samples: one reference level, or all five stitched together
+  make_demo  `python -m data_pipeline.make_demo`: a small CUFED-layout dataset from skimage photos
+
+docs/data.md describes the layout, the commands, determinism and the test protocols.
+"""
+
+import os
+
+# Before any TensorFlow import: no C++ info logs, and no oneDNN kernels, whose results may depend
+# on the CPU (setdefault: a user's own setting wins).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

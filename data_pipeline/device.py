@@ -1,0 +1,101 @@
+"""Host batches to normalised, globally sharded jax.Arrays, prepared ahead in a background thread.
+
+Batches cross to the devices as uint8 (a quarter of the bytes of float32) and are normalised
+there. The normalisation is a lookup in `samples.NORMALIZED`, which gives the reference's bits on
+any backend. A compiled `x / 127.5 - 1` may become a multiplication by the reciprocal, as tf.data
+and XLA on CPU do, and that is one ulp off for some values.
+"""
+
+import functools
+import queue
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipeline import samples
+
+T = TypeVar("T")
+Batch = dict[str, jax.Array]
+
+
+def _normalize(images: Batch) -> Batch:
+  table = jnp.asarray(samples.NORMALIZED)
+  return {key: table[image] for key, image in images.items()}
+
+
+@functools.cache
+def normalizer(mesh: jax.sharding.Mesh) -> Callable[[Batch], Batch]:
+  """uint8 -> float32 in [-1, 1], for batches sharded over the mesh axis 'data'.
+
+  There is one function per mesh, so every epoch reuses the compiled code.
+  """
+  spec = jax.sharding.PartitionSpec("data")
+  # A gather from a sharded index array has no unambiguous output sharding under explicit mesh
+  # axes, but each shard's lookup is local anyway: do it per shard.
+  return jax.jit(jax.shard_map(_normalize, mesh=mesh, in_specs=spec, out_specs=spec))
+
+
+def prefetch(items: Iterable[T], size: int) -> Iterator[T]:
+  """Produces `items` in a background thread, at most `size` ahead of the consumer."""
+  buffer: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+
+  def put(entry: tuple[str, object]) -> bool:
+    while not stop.is_set():
+      try:
+        buffer.put(entry, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def produce() -> None:
+    try:
+      for item in items:
+        if not put(("item", item)):
+          return
+      put(("end", None))
+    except Exception as error:  # pylint: disable=broad-except  # re-raised by the consumer
+      # The traceback's frames keep the producer's iterators (a tf.data one, say) alive; left so
+      # until exit, they can hang interpreter shutdown. Clearing the frames' locals keeps the
+      # traceback itself intact.
+      traceback.clear_frames(error.__traceback__)
+      put(("error", error))
+
+  threading.Thread(target=produce, daemon=True).start()
+  try:
+    while True:
+      kind, payload = buffer.get()
+      if kind == "end":
+        return
+      if kind == "error":
+        raise payload
+      yield payload
+  finally:
+    # The consumer may stop early; release the producer instead of leaving it blocked.
+    stop.set()
+
+
+def to_device(host_batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+              prefetch_size: int = 2) -> Iterator[Batch]:
+  """Turns each process's uint8 batches into global float32 batches sharded over axis 'data'.
+
+  Args:
+    host_batches: this process's part of each global batch; only `samples.IMAGE_KEYS` are used.
+    mesh: a mesh with an axis 'data'. The batch axis is split along it and replicated over any
+      other axis.
+    prefetch_size: batches prepared ahead of the consumer.
+
+  Returns:
+    An iterator of dicts `samples.IMAGE_KEYS` -> float32 (global batch, H, W, 3) jax.Arrays.
+  """
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  normalize = normalizer(mesh)
+  batches = (normalize({key: jax.make_array_from_process_local_data(sharding, batch[key])
+                        for key in samples.IMAGE_KEYS}) for batch in host_batches)
+  return prefetch(batches, prefetch_size)

@@ -1,0 +1,74 @@
+"""Sharded training equals single-device training (4 simulated CPU devices, in a subprocess)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ttsr_jax import sharding
+
+SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from configs import default
+    from ttsr_jax import sharding, step
+
+    assert len(jax.devices()) == 4, jax.devices()
+    config = default.get_config()
+    config.model.n_feats = 8
+    config.model.num_res_blocks = (1, 1, 1, 1)
+    config.loss.update(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3, gan_k=2)
+    config.train_crop_size = 16  # D sees 64x64
+    config.num_init_epochs = 1
+    config.batch_size = 4
+    # Adam's first steps move each entry by ~lr * sign(g), so entries whose gradient is float
+    # noise (|g| << 1e-6) would differ by up to 2 lr between reduction orders. A larger eps makes
+    # the update proportional to g there, so the comparison measures the sharding, not that.
+    config.optim.eps = 1e-3
+    steps_per_epoch = 1
+    vgg_params = step.init_vgg_params(config, jax.random.PRNGKey(1))
+    rng = np.random.RandomState(0)
+    batches = []
+    for _ in range(3):
+      hr = rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
+      ref = rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
+      batches.append(dict(lr=hr[:, ::4, ::4], lrsr=hr * 0.9, hr=hr, ref=ref, refsr=ref * 0.9))
+
+    def run(mesh, wrap, axis_name):
+      state = step.create_train_state(config, vgg_params, steps_per_epoch)
+      rep = sharding.replicated(mesh)
+      state, vgg = jax.device_put(state, rep), jax.device_put(vgg_params, rep)
+      steps = {w: wrap(step.make_train_step(config, steps_per_epoch, warmup=w, axis_name=axis_name), mesh)
+               for w in (True, False)}
+      for i, batch in enumerate(batches):
+        batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+        state, metrics = steps[i < config.num_init_epochs](state, batch, vgg)
+      return jax.device_get(state.g_params), jax.device_get(state.d_params), float(metrics["loss/total"])
+
+    single = run(sharding.make_mesh(jax.devices()[:1]), sharding.jit_train_step, None)
+    for name, wrap, axis in (("jit", sharding.jit_train_step, None),
+                             ("shard_map", sharding.shard_map_train_step, sharding.DATA_AXIS)):
+      multi = run(sharding.make_mesh(), wrap, axis)
+      for a, b in zip(jax.tree_util.tree_leaves(single[:2]), jax.tree_util.tree_leaves(multi[:2])):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+      np.testing.assert_allclose(single[2], multi[2], rtol=1e-5)
+      print(name, "OK")
+""")
+
+
+def test_four_devices_match_one():
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=str(root))
+  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "jit OK" in result.stdout and "shard_map OK" in result.stdout
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(len(mesh.devices) * 3, mesh)
+  with pytest.raises(ValueError, match=r"batch_size 7 is not divisible by the 2 devices"):
+    sharding.check_batch_size(7, sharding.Mesh([mesh.devices[0]] * 2, (sharding.DATA_AXIS,)))
