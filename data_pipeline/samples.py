@@ -30,7 +30,7 @@ def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def _down_up(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def down_up(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Returns (x1/4 image, that image resized back to the original size)."""
   height, width = image.shape[:2]
   low = resize_bicubic(image, height // SCALE, width // SCALE)
@@ -72,8 +72,8 @@ def make_train_sample(hr: np.ndarray, ref: np.ndarray,
   if ref_height > patch_size or ref_width > patch_size:
     raise files.DatasetError(f"training reference of {ref_height}x{ref_width}: expected at most "
                              f"{patch_size}x{patch_size}")
-  lr, lrsr = _down_up(hr)
-  _, refsr = _down_up(ref)
+  lr, lrsr = down_up(hr)
+  _, refsr = down_up(ref)
   canvases = np.zeros((2, patch_size, patch_size, 3), np.uint8)
   canvases[0, :ref_height, :ref_width] = ref
   canvases[1, :ref_height, :ref_width] = refsr
@@ -88,8 +88,8 @@ def make_test_sample(hr: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
   bicubic of `hr`, `lrsr` its x4 bicubic, `refsr` the down-up of `ref`.
   """
   hr, ref = crop_to_multiple(hr), crop_to_multiple(ref)
-  lr, lrsr = _down_up(hr)
-  _, refsr = _down_up(ref)
+  lr, lrsr = down_up(hr)
+  _, refsr = down_up(ref)
   return {"lr": lr, "lrsr": lrsr, "hr": hr, "ref": ref, "refsr": refsr}
 
 

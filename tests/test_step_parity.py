@@ -38,7 +38,7 @@ def setup():
   vgg_params = _reference_params(vgg19_state_dict(), step.build_vgg(config), jnp.zeros((1, 16, 16, 3)))
   d_params = _reference_params(discriminator_state_dict(), step.build_discriminator(config),
                                jnp.zeros((1, 160, 160, 3)))
-  g_params = _reference_params(weights, step.build_model(config.model), *step._example_inputs())
+  g_params = _reference_params(weights, step.build_model(config.model), *step.example_inputs())
   g_tx, d_tx = step.make_optimizers(config, steps_per_epoch=1)
   state = step.TrainState(step=jnp.array(config.num_init_epochs, jnp.int32), g_params=g_params,
                           d_params=d_params, g_opt_state=g_tx.init(g_params),

@@ -79,8 +79,9 @@ def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
   return g_tx, d_tx
 
 
-def _example_inputs() -> list[jnp.ndarray]:
-  # Parameter shapes do not depend on image sizes; tiny inputs keep initialisation cheap.
+def example_inputs() -> list[jnp.ndarray]:
+  """(lr, lrsr, ref, refsr) zeros: parameter shapes do not depend on image sizes, and tiny
+  inputs keep initialisation and shape inference cheap."""
   return [jnp.zeros(s) for s in ((1, 4, 4, 3), (1, 16, 16, 3), (1, 16, 16, 3), (1, 16, 16, 3))]
 
 
@@ -96,7 +97,7 @@ def create_train_state(config: ml_collections.ConfigDict, vgg_params: Params, st
   key = jax.random.PRNGKey(config.seed) if key is None else key
   g_key, d_key, key = jax.random.split(key, 3)
   model, disc = build_model(config.model), build_discriminator(config)
-  g_params = jax.jit(model.init)(g_key, *_example_inputs())["params"]
+  g_params = jax.jit(model.init)(g_key, *example_inputs())["params"]
   g_params = flax.core.unfreeze(g_params)
   for name in g_params["LTE"]:
     if name in vgg_params:

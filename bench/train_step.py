@@ -1,0 +1,129 @@
+"""Prints train-step time, XLA's compiled memory and achieved FLOP/s for the default model.
+
+  python -m bench.train_step [--batch 9] [--steps 3] [--variants rec,all,all_remat,all_bf16,...]
+
+Default model (64 ch, 16+16+8+4), 160x160 patches (LR 40x40), random weights and inputs. Each
+variant runs in its own process (so its peak RSS is its own): compile, one warm-up step, then the
+median of `--steps` timed steps. Memory is XLA's compiled memory analysis of the jitted step
+(arguments + outputs + temporaries; donated state counted once). FLOPs are XLA's cost analysis of
+the same program, compared with a 4096^2 float32 matmul measured in the same process.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    # name: (loss weights, model overrides)
+    "rec": (dict(rec_w=1.0), {}),
+    "all": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), {}),
+    "rec_remat": (dict(rec_w=1.0), dict(remat=True)),
+    "all_remat": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), dict(remat=True)),
+    "all_bf16": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), dict(dtype="bfloat16")),
+    "all_remat_bf16": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3),
+                       dict(remat=True, dtype="bfloat16")),
+}
+
+
+def matmul_flops_per_s() -> float:
+  import jax
+  import jax.numpy as jnp
+  n = 4096
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(3):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n ** 3 / min(times)
+
+
+def run_variant(name: str, batch: int, steps: int) -> dict:
+  import jax
+  import numpy as np
+  from configs import default
+  from ttsr_jax import sharding, step
+
+  weights, model = VARIANTS[name]
+  config = default.get_config()
+  config.loss.update(dict(rec_w=0.0, per_w=0.0, tpl_w=0.0, adv_w=0.0) | weights)
+  config.model.update(model)
+  config.batch_size = batch
+  config.num_init_epochs = 0
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(batch, mesh)
+  vgg_params = step.init_vgg_params(config, jax.random.PRNGKey(1))
+  state = jax.device_put(step.create_train_state(config, vgg_params, 1000), sharding.replicated(mesh))
+  rng = np.random.RandomState(0)
+  p = 4 * config.train_crop_size
+  hr = rng.uniform(-1, 1, (batch, p, p, 3)).astype(np.float32)
+  ref = rng.uniform(-1, 1, (batch, p, p, 3)).astype(np.float32)
+  data = jax.device_put(dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref),
+                        sharding.batch_sharding(mesh))
+  train_step = sharding.jit_train_step(step.make_train_step(config, 1000, warmup=False), mesh)
+  t = time.perf_counter()
+  compiled = train_step.lower(state, data, vgg_params).compile()
+  compile_s = time.perf_counter() - t
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  state, metrics = compiled(state, data, vgg_params)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, data, vgg_params)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  device = jax.devices()[0]
+  step_s = float(np.median(times))
+  stats = device.memory_stats() or {}
+  return dict(
+      variant=name, batch=batch, device=device.device_kind, compile_s=compile_s, step_s=step_s,
+      arg_gb=mem.argument_size_in_bytes / 1e9, out_gb=mem.output_size_in_bytes / 1e9,
+      temp_gb=mem.temp_size_in_bytes / 1e9,
+      alias_gb=mem.alias_size_in_bytes / 1e9,
+      total_gb=(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                + mem.temp_size_in_bytes) / 1e9,
+      peak_device_gb=stats.get("peak_bytes_in_use", 0) / 1e9,
+      gflop=cost.get("flops", 0.0) / 1e9,
+      achieved_gflops=cost.get("flops", 0.0) / 1e9 / step_s,
+      matmul_gflops=matmul_flops_per_s() / 1e9,
+      peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--batch", type=int, default=9)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--variants", default="rec,all")
+  parser.add_argument("--only", help=argparse.SUPPRESS)  # one variant, in a child process
+  args = parser.parse_args()
+  if args.only:
+    print(json.dumps(run_variant(args.only, args.batch, args.steps)))
+    return
+  print(f"{'variant':16} {'batch':>5} {'step s':>8} {'compile s':>9} {'XLA mem GB':>10} "
+        f"{'(arg/out/tmp)':>18} {'dev peak GB':>11} {'RSS GB':>7} {'GFLOP':>7} {'GFLOP/s':>8} "
+        f"{'matmul GFLOP/s':>14}  device")
+  for name in args.variants.split(","):
+    out = subprocess.run([sys.executable, "-m", "bench.train_step", "--only", name, "--batch",
+                          str(args.batch), "--steps", str(args.steps)], capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if out.returncode:
+      print(f"{name:16} {args.batch:>5} failed: {out.stderr.strip().splitlines()[-1]}")
+      continue
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{r['variant']:16} {r['batch']:>5} {r['step_s']:>8.2f} {r['compile_s']:>9.1f} "
+          f"{r['total_gb']:>10.2f} {r['arg_gb']:>6.2f}/{r['out_gb']:.2f}/{r['temp_gb']:.2f} "
+          f"{r['peak_device_gb']:>11.2f} {r['peak_rss_gb']:>7.2f} {r['gflop']:>7.0f} "
+          f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f}  {r['device']}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
