@@ -73,16 +73,17 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  state, metrics = compiled(state, data, vgg_params)
-  jax.block_until_ready(metrics)
   times = []
+  if steps:  # --steps 0: compile and analyse only (e.g. bf16 on a CPU, where it is slow)
+    state, metrics = compiled(state, data, vgg_params)
+    jax.block_until_ready(metrics)
   for _ in range(steps):
     t = time.perf_counter()
     state, metrics = compiled(state, data, vgg_params)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   device = jax.devices()[0]
-  step_s = float(np.median(times))
+  step_s = float(np.median(times)) if times else float("nan")
   stats = device.memory_stats() or {}
   return dict(
       variant=name, batch=batch, device=device.device_kind, compile_s=compile_s, step_s=step_s,
@@ -94,35 +95,40 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
       peak_device_gb=stats.get("peak_bytes_in_use", 0) / 1e9,
       gflop=cost.get("flops", 0.0) / 1e9,
       achieved_gflops=cost.get("flops", 0.0) / 1e9 / step_s,
-      matmul_gflops=matmul_flops_per_s() / 1e9,
+      matmul_gflops=matmul_flops_per_s() / 1e9 if steps else float("nan"),
       peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--batch", type=int, default=9)
+  parser.add_argument("--batch", default="9", help="comma-separated global batch sizes")
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--variants", default="rec,all")
   parser.add_argument("--only", help=argparse.SUPPRESS)  # one variant, in a child process
   args = parser.parse_args()
   if args.only:
-    print(json.dumps(run_variant(args.only, args.batch, args.steps)))
+    print(json.dumps(run_variant(args.only, int(args.batch), args.steps)))
     return
   print(f"{'variant':16} {'batch':>5} {'step s':>8} {'compile s':>9} {'XLA mem GB':>10} "
         f"{'(arg/out/tmp)':>18} {'dev peak GB':>11} {'RSS GB':>7} {'GFLOP':>7} {'GFLOP/s':>8} "
         f"{'matmul GFLOP/s':>14}  device")
-  for name in args.variants.split(","):
-    out = subprocess.run([sys.executable, "-m", "bench.train_step", "--only", name, "--batch",
-                          str(args.batch), "--steps", str(args.steps)], capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if out.returncode:
-      print(f"{name:16} {args.batch:>5} failed: {out.stderr.strip().splitlines()[-1]}")
-      continue
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{r['variant']:16} {r['batch']:>5} {r['step_s']:>8.2f} {r['compile_s']:>9.1f} "
-          f"{r['total_gb']:>10.2f} {r['arg_gb']:>6.2f}/{r['out_gb']:.2f}/{r['temp_gb']:.2f} "
-          f"{r['peak_device_gb']:>11.2f} {r['peak_rss_gb']:>7.2f} {r['gflop']:>7.0f} "
-          f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f}  {r['device']}", flush=True)
+  for batch in args.batch.split(","):
+    for name in args.variants.split(","):
+      _run_child(name, batch, args.steps)
+
+
+def _run_child(name: str, batch: str, steps: int) -> None:
+  out = subprocess.run([sys.executable, "-m", "bench.train_step", "--only", name, "--batch",
+                        batch, "--steps", str(steps)], capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  if out.returncode:
+    print(f"{name:16} {batch:>5} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
+    return
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  print(f"{r['variant']:16} {r['batch']:>5} {r['step_s']:>8.2f} {r['compile_s']:>9.1f} "
+        f"{r['total_gb']:>10.2f} {r['arg_gb']:>6.2f}/{r['out_gb']:.2f}/{r['temp_gb']:.2f} "
+        f"{r['peak_device_gb']:>11.2f} {r['peak_rss_gb']:>7.2f} {r['gflop']:>7.0f} "
+        f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f}  {r['device']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ import pytest
 jax.config.update("jax_compilation_cache_dir", str(pathlib.Path.home() / ".cache" / "ttsr_jax_xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-PARITY_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "parity"
-DEMO_DIR = PARITY_DIR.parent / "data" / "demo"
+# ../shared beside the checkout; TTSR_SHARED_DIR points elsewhere (e.g. a copy carried to a GPU).
+SHARED_DIR = pathlib.Path(os.environ.get(
+    "TTSR_SHARED_DIR", pathlib.Path(__file__).resolve().parents[1].parent / "shared"))
+PARITY_DIR = SHARED_DIR / "parity"
+DEMO_DIR = SHARED_DIR / "data" / "demo"
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One short GPU check (under 8 minutes on an H100/H200): forward and train-step parity on the GPU
+# at float32 "highest" precision, all-losses step time and memory at batch 6/9/11/16 with and
+# without the memory knobs, and inference time on the demo pair and a 1280x720 output.
+#
+#   bash bench/gpu.sh            (from the checkout; TTSR_SHARED_DIR=DIR if ../shared is elsewhere)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import jax; print('jax', jax.__version__, jax.devices())"
+
+echo "== parity on the GPU (float32, Precision.HIGHEST)"
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_model_parity.py tests/test_step_parity.py 2>&1 | tail -5
+
+echo "== all-losses train step, default model, 160x160 patches"
+timeout 240 $PY -m bench.train_step --batch 6,9,11,16 --variants all --steps 5
+timeout 120 $PY -m bench.train_step --batch 16 --variants all_remat,all_remat_bf16 --steps 5
+
+echo "== inference (default model, random weights)"
+timeout 90 $PY -m bench.search_memory --cases demo,720p --chunk 0

@@ -1,0 +1,110 @@
+"""Prints time and peak memory of TTSR inference (default model size, random weights).
+
+  python -m bench.search_memory [--cases demo,720p] [--chunk 4096] [--cli]
+
+Cases: `demo` is the shipped pair of ../shared/data/demo (LR 125x88 -> output 500x352, reference
+500x370 cropped to 500x368); `720p` resizes the same photos to LR 320x180 (output 1280x720) and
+a 1280x720 reference, which needs the chunked exact search (the whole relevance matrix would
+be 57600 x 57600 floats, 13 GB). Each case runs in its own process so its peak RSS is its own;
+the first call includes compilation, the second is the steady-state time. `--cli` times the
+whole `python -m ttsr_jax.infer` command instead (reading PNGs, compiling, writing the PNG).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+DEMO = pathlib.Path(os.environ.get("TTSR_SHARED_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared")) / "data" / "demo"
+CASES = {"demo": None, "720p": ((180, 320), (720, 1280))}  # (LR HxW, reference HxW)
+
+
+def _images(case: str):
+  import numpy as np
+  from data_pipeline import files, samples
+  lr, ref = files.read_rgb(DEMO / "lr" / "0.png"), files.read_rgb(DEMO / "ref" / "0.png")
+  if CASES[case] is not None:
+    (lh, lw), (rh, rw) = CASES[case]
+    lr, ref = samples.resize_bicubic(lr, lh, lw), samples.resize_bicubic(ref, rh, rw)
+  return np.ascontiguousarray(lr), np.ascontiguousarray(ref)
+
+
+def run_case(case: str, chunk: int) -> dict:
+  import jax
+  from configs import default
+  from ttsr_jax import infer, step
+
+  config = default.get_config()
+  config.model.search_chunk_size = chunk
+  model = step.build_model(config.model)
+  params = jax.jit(model.init)(jax.random.key(0), *step.example_inputs())["params"]
+  images = infer.prepare_inputs(*_images(case))
+  times = []
+  for _ in range(2):
+    t = time.perf_counter()
+    sr = infer.super_resolve(model, params, images)
+    times.append(time.perf_counter() - t)
+  return dict(case=case, chunk=chunk, out=f"{sr.shape[1]}x{sr.shape[0]}",
+              ref=f"{images['ref'].shape[1]}x{images['ref'].shape[0]}", first_s=times[0],
+              second_s=times[1], peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+
+
+def run_cli(case: str, chunk: int) -> dict:
+  """The whole command on PNG files, with an exported random-weight checkpoint."""
+  import jax
+  import numpy as np
+  from PIL import Image
+  from configs import default
+  from ttsr_jax import convert, step
+
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    model = step.build_model(default.get_config().model)
+    params = jax.jit(model.init)(jax.random.key(0), *step.example_inputs())["params"]
+    np.savez(tmp / "ttsr.npz", **convert.export_state_dict(jax.device_get(params)))
+    lr, ref = _images(case)
+    Image.fromarray(lr).save(tmp / "lr.png")
+    Image.fromarray(ref).save(tmp / "ref.png")
+    command = [sys.executable, "-m", "ttsr_jax.infer", "--checkpoint", str(tmp / "ttsr.npz"),
+               "--lr", str(tmp / "lr.png"), "--ref", str(tmp / "ref.png"), "--out",
+               str(tmp / "sr.png"), "--search_chunk_size", str(chunk)]
+    t = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+  child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+  return dict(case=case, chunk=chunk, out="cli", ref="", first_s=wall, second_s=float("nan"),
+              peak_rss_gb=child)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cases", default="demo,720p")
+  parser.add_argument("--chunk", type=int, default=4096, help="LR positions per relevance block")
+  parser.add_argument("--cli", action="store_true")
+  parser.add_argument("--only", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.only:
+    result = (run_cli if args.cli else run_case)(args.only, args.chunk)
+    print(json.dumps(result))
+    return
+  print(f"{'case':6} {'output':>10} {'reference':>10} {'chunk':>6} {'first s':>8} {'second s':>9} {'peak RSS GB':>11}")
+  for case in args.cases.split(","):
+    command = [sys.executable, "-m", "bench.search_memory", "--only", case, "--chunk", str(args.chunk)]
+    out = subprocess.run(command + (["--cli"] if args.cli else []), capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if out.returncode:
+      print(f"{case:6} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+      continue
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    label = "CLI" if args.cli else r["out"]
+    print(f"{r['case']:6} {label:>10} {r['ref']:>10} {r['chunk']:>6} {r['first_s']:>8.1f} "
+          f"{r['second_s']:>9.1f} {r['peak_rss_gb']:>11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
