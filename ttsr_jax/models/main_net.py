@@ -32,9 +32,9 @@ class ResBlock(nn.Module):
     return y * self.res_scale + x
 
 
-def _res_blocks(x, name: str, count: int, n_feats: int, res_scale: float, dtype):
+def _res_blocks(block, x, name: str, count: int, n_feats: int, res_scale: float, dtype):
   for i in range(count):
-    x = ResBlock(n_feats, res_scale, dtype, name=f"{name}_{i}")(x)
+    x = block(n_feats, res_scale, dtype, name=f"{name}_{i}")(x)
   return x
 
 
@@ -45,11 +45,13 @@ class SFE(nn.Module):
   num_res_blocks: int
   res_scale: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  block: type = ResBlock
 
   @nn.compact
   def __call__(self, x):
     head = relu(Conv2d(self.n_feats, dtype=self.dtype, name="conv_head")(x))
-    y = _res_blocks(head, "RBs", self.num_res_blocks, self.n_feats, self.res_scale, self.dtype)
+    y = _res_blocks(self.block, head, "RBs", self.num_res_blocks, self.n_feats, self.res_scale,
+                    self.dtype)
     return Conv2d(self.n_feats, dtype=self.dtype, name="conv_tail")(y) + head
 
 
@@ -108,8 +110,10 @@ class MergeTail(nn.Module):
 class MainNet(nn.Module):
   """(lr, S, T_lv3, T_lv2, T_lv1) -> sr, all NHWC; lr in [-1, 1], sr clamped to [-1, 1].
 
-  `remat` recomputes each stage's activations in the backward pass instead of storing them
-  (a memory knob: same numbers, more FLOPs).
+  `remat` keeps only the inputs of every ResBlock, CSFI and the merge tail for the backward pass
+  and recomputes their insides (a memory knob: same numbers, about a third more FLOPs). Whole
+  stages would be too coarse: the 4x stage's activations would all be live again while it is
+  differentiated, so the peak would not move.
   """
 
   n_feats: int = 64
@@ -118,46 +122,41 @@ class MainNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
 
-  def _stage(self, fn):
-    return nn.remat(fn) if self.remat else fn
-
   @nn.compact
   def __call__(self, lr, s, t_lv3, t_lv2, t_lv1):
     n, dt = self.n_feats, self.dtype
     a, b, c, d = self.num_res_blocks
     rs = self.res_scale
     conv = lambda feats, name: Conv2d(feats, dtype=dt, name=name)
+    wrap = nn.remat if self.remat else (lambda module: module)
+    block, csfi2, csfi3, merge_tail = (wrap(m) for m in (ResBlock, CSFI2, CSFI3, MergeTail))
     s = s.astype(dt)
 
-    def stage1(mdl, lr, s, t_lv3):
-      f = SFE(n, a, rs, dt, name="SFE")(lr)
-      f = f + conv(n, "conv11_head")(_cat(f, t_lv3.astype(dt))) * s
-      r = _res_blocks(f, "RB11", b, n, rs, dt)
-      return f + conv(n, "conv11_tail")(r)
+    # Stage 1 (1x): shallow features, soft-attention fusion with T_lv3, residual trunk.
+    f = SFE(n, a, rs, dt, block, name="SFE")(lr.astype(dt))
+    f = f + conv(n, "conv11_head")(_cat(f, t_lv3.astype(dt))) * s
+    x11 = f + conv(n, "conv11_tail")(_res_blocks(block, f, "RB11", b, n, rs, dt))
 
-    def stage2(mdl, x11, s, t_lv2):
-      x21 = x11
-      x22 = relu(pixel_shuffle(conv(4 * n, "conv12")(x11)))
-      x22 = x22 + conv(n, "conv22_head")(_cat(x22, t_lv2.astype(dt))) * upsample_bicubic(s, 2)
-      r1, r2 = CSFI2(n, dt, name="ex12")(x21, x22)
-      for i in range(c):
-        r1 = ResBlock(n, rs, dt, name=f"RB21_{i}")(r1)
-        r2 = ResBlock(n, rs, dt, name=f"RB22_{i}")(r2)
-      return x21 + conv(n, "conv21_tail")(r1), x22 + conv(n, "conv22_tail")(r2)
+    # Stage 2 (1x, 2x).
+    x21 = x11
+    x22 = relu(pixel_shuffle(conv(4 * n, "conv12")(x11)))
+    x22 = x22 + conv(n, "conv22_head")(_cat(x22, t_lv2.astype(dt))) * upsample_bicubic(s, 2)
+    r1, r2 = csfi2(n, dt, name="ex12")(x21, x22)
+    for i in range(c):
+      r1 = block(n, rs, dt, name=f"RB21_{i}")(r1)
+      r2 = block(n, rs, dt, name=f"RB22_{i}")(r2)
+    x21, x22 = x21 + conv(n, "conv21_tail")(r1), x22 + conv(n, "conv22_tail")(r2)
 
-    def stage3(mdl, x21, x22, s, t_lv1):
-      x31, x32 = x21, x22
-      x33 = relu(pixel_shuffle(conv(4 * n, "conv23")(x22)))
-      x33 = x33 + conv(n, "conv33_head")(_cat(x33, t_lv1.astype(dt))) * upsample_bicubic(s, 4)
-      r1, r2, r3 = CSFI3(n, dt, name="ex123")(x31, x32, x33)
-      for i in range(d):
-        r1 = ResBlock(n, rs, dt, name=f"RB31_{i}")(r1)
-        r2 = ResBlock(n, rs, dt, name=f"RB32_{i}")(r2)
-        r3 = ResBlock(n, rs, dt, name=f"RB33_{i}")(r3)
-      return (x31 + conv(n, "conv31_tail")(r1), x32 + conv(n, "conv32_tail")(r2),
-              x33 + conv(n, "conv33_tail")(r3))
-
-    x11 = self._stage(stage1)(self, lr.astype(dt), s, t_lv3)
-    x21, x22 = self._stage(stage2)(self, x11, s, t_lv2)
-    x31, x32, x33 = self._stage(stage3)(self, x21, x22, s, t_lv1)
-    return MergeTail(n, dt, name="merge_tail")(x31, x32, x33).astype(jnp.float32)
+    # Stage 3 (1x, 2x, 4x).
+    x31, x32 = x21, x22
+    x33 = relu(pixel_shuffle(conv(4 * n, "conv23")(x22)))
+    x33 = x33 + conv(n, "conv33_head")(_cat(x33, t_lv1.astype(dt))) * upsample_bicubic(s, 4)
+    r1, r2, r3 = csfi3(n, dt, name="ex123")(x31, x32, x33)
+    for i in range(d):
+      r1 = block(n, rs, dt, name=f"RB31_{i}")(r1)
+      r2 = block(n, rs, dt, name=f"RB32_{i}")(r2)
+      r3 = block(n, rs, dt, name=f"RB33_{i}")(r3)
+    x31 = x31 + conv(n, "conv31_tail")(r1)
+    x32 = x32 + conv(n, "conv32_tail")(r2)
+    x33 = x33 + conv(n, "conv33_tail")(r3)
+    return merge_tail(n, dt, name="merge_tail")(x31, x32, x33).astype(jnp.float32)
