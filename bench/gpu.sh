@@ -12,11 +12,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())"
 
 echo "== parity on the GPU (float32, Precision.HIGHEST)"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_model_parity.py tests/test_step_parity.py 2>&1 | tail -5
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_model_parity.py tests/test_step_parity.py 2>&1 | tail -25
 
 echo "== all-losses train step, default model, 160x160 patches"
-timeout 240 $PY -m bench.train_step --batch 6,9,11,16 --variants all --steps 5
-timeout 120 $PY -m bench.train_step --batch 16 --variants all_remat,all_remat_bf16 --steps 5
+timeout 200 $PY -m bench.train_step --batch 6,9,11,16 --variants all --steps 5
+timeout 100 $PY -m bench.train_step --batch 16 --variants all_remat,all_remat_bf16 --steps 5
 
 echo "== inference (default model, random weights)"
-timeout 90 $PY -m bench.search_memory --cases demo,720p --chunk 0
+timeout 80 $PY -m bench.search_memory --cases demo,720p --chunk 0
