@@ -40,4 +40,35 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_crop_size = 40  # LR patch side; the discriminator sees 4x this
   config.num_init_epochs = 2  # warm-up epochs with the reconstruction loss only
   config.num_epochs = 1
+
+  # Run settings: the reference's train.sh values (save_every, val_every; TTSR_SPEC 7) where it has
+  # them.
+  config.eval_every = 10  # main epochs between CUFED5 evaluations (also after the last); 0 = never
+  config.checkpoint_every = 10  # epochs between checkpoints (also after evaluations and the last)
+  config.keep_checkpoints = 3  # latest checkpoints kept, besides the best by PSNR
+  config.log_every = 100  # steps averaged per logged value (train.sh prints every 600)
+
+  config.data = ml_collections.ConfigDict(dict(
+      cufed_dir="data/CUFED",  # train/input, train/ref and test/CUFED5 (docs/data.md)
+      # The prepared TFDS dataset; None = CUFED_DIR/tfds. Prepared on first use if missing.
+      data_dir=ml_collections.config_dict.placeholder(str),
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      protocol="ttsr",  # 'ttsr': the reference's Y-channel metrics; 'mmagic': RGB, 4 pixels shaved
+      levels=(1,),  # CUFED5 reference levels, each evaluated alone (the reference uses level 1)
+      multi_reference=False,  # also the paper's protocol: the five references stitched into one
+      num_images=0,  # first N test images only; 0 = all
+      num_image_grids=3,  # LR | reference | output | ground truth grids sent to TensorBoard
+      search_chunk_size=4096,  # bounds the search's memory on large test images; same results
+  ))
+
+  # Multi-host: launch.py calls jax.distributed.initialize(coordinator_address, num_processes,
+  # process_id) when `initialize` is set; None lets JAX detect them (SLURM, TPU pods, ...).
+  config.distributed = ml_collections.ConfigDict(dict(
+      initialize=False,
+      coordinator_address=ml_collections.config_dict.placeholder(str),
+      num_processes=ml_collections.config_dict.placeholder(int),
+      process_id=ml_collections.config_dict.placeholder(int),
+  ))
   return config

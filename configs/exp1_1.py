@@ -1,0 +1,19 @@
+"""Exp1-1: TTSR with the reconstruction loss only, batch 8, 30 epochs.
+
+Source: the experiment list of issue 5 (the seed author's runs; batch 8 was the most a 6 GB GPU
+held with the rec loss, issue 7). Everything else is the reference's (TTSR_SPEC 4, 7).
+"""
+
+import ml_collections
+
+from configs import default
+from ttsr_jax.tools import vgg19
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.model.vgg19_weights = str(vgg19.default_weights_path())
+  config.batch_size = 8
+  config.num_init_epochs = 0
+  config.num_epochs = 30
+  return config

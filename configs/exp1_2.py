@@ -1,0 +1,22 @@
+"""Exp1-2: TTSR with all losses (rec 1, per 0.01, tpl 0.01, adv 0.01), batch 6, 2 warm-up + 30
+epochs.
+
+Source: the experiment list of issue 5 (the seed author's runs; batch 6 was the most a 6 GB GPU
+held with all losses, issue 7). Note adv_w 0.01, ten times train.sh's 1e-3. Everything else is the
+reference's (TTSR_SPEC 4, 7).
+"""
+
+import ml_collections
+
+from configs import default
+from ttsr_jax.tools import vgg19
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.model.vgg19_weights = str(vgg19.default_weights_path())
+  config.loss.update(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-2)
+  config.batch_size = 6
+  config.num_init_epochs = 2
+  config.num_epochs = 30
+  return config

@@ -1,0 +1,21 @@
+"""Exp1-3: the reconstruction loss only with the LTE's extra 256->64 conv, batch 11, 30 epochs.
+
+Source: the experiment list of issue 5 (the seed author's memory-saving variant: a conv at the end
+of the LTE reduces lv3 from 256 to 64 channels, which let batch 11 fit, issue 7). Everything else
+is the reference's (TTSR_SPEC 4, 7).
+"""
+
+import ml_collections
+
+from configs import default
+from ttsr_jax.tools import vgg19
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.model.vgg19_weights = str(vgg19.default_weights_path())
+  config.model.lte_reduce_lv3 = True
+  config.batch_size = 11
+  config.num_init_epochs = 0
+  config.num_epochs = 30
+  return config

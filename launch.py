@@ -1,0 +1,75 @@
+r"""Trains or evaluates TTSR.
+
+  python launch.py --config=configs/exp1_2.py --workdir=workdirs/exp1_2
+  python launch.py --config=configs/exp1_2.py --workdir=workdirs/exp1_2 --mode=eval \
+      [--checkpoint=latest|best|PATH]
+
+Any config field can be overridden, e.g. `--config.batch_size=4`; a mistyped field is an error.
+Training resumes from the workdir's checkpoints by itself. docs/training.md has the details.
+"""
+
+import os
+
+# tf.data feeds the input pipeline; keep its C++ start-up logs quiet (before TF is imported).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import logging as py_logging  # pylint: disable=g-import-not-at-top
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from data_pipeline import files
+from ttsr_jax import checkpoint
+from ttsr_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and metrics.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train: train (resuming from --workdir) and evaluate; eval: evaluate a checkpoint.")
+flags.DEFINE_string("checkpoint", "latest",
+                    "eval mode: 'latest' or 'best' (by PSNR) checkpoint of --workdir, or the path "
+                    "of a workdir, its checkpoints/ directory or one checkpoints/<step> directory.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _OrbaxFilter(py_logging.Filter):
+  """Drops Orbax's INFO records (several per save or restore) and its warning for checkpoints
+  saved without metrics (those between evaluations, by design); other warnings pass."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    return record.levelno > py_logging.INFO and "did not provide metrics" not in record.getMessage()
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = FLAGS.config
+  if config.distributed.initialize:
+    jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address,
+                               num_processes=config.distributed.num_processes,
+                               process_id=config.distributed.process_id)
+  logging.get_absl_handler().addFilter(_OrbaxFilter())
+  logging.info("JAX process %d of %d, %d local devices of %d (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.default_backend())
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+  except (train.TrainError, checkpoint.CheckpointError, files.DatasetError) as e:
+    logging.error("%s", e)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,355 @@
+"""Training and evaluation runs (reference `main.py` and `Trainer`): the epoch loop, checkpoints,
+metrics.
+
+`train_and_evaluate(config, workdir)` trains as the reference does: `num_init_epochs` warm-up
+epochs with the reconstruction loss only, then `num_epochs` main epochs, evaluating on CUFED5
+every `eval_every` main epochs and after the last. It resumes from WORKDIR/checkpoints by
+itself. The input pipeline's batches are a function of (seed, epoch, batch index), so a run
+resumed at step k continues exactly as the uninterrupted run would.
+
+`evaluate(config, workdir, checkpoint)` restores a checkpoint onto the current devices and
+evaluates it as training does.
+
+Workdir layout:
+  checkpoints/<step>/   Orbax checkpoints (see `ttsr_jax/checkpoint.py`)
+  tensorboard/          TensorBoard events: train/* (losses, learning rates, D scores, averaged
+                        over `log_every` steps), eval/* (PSNR/SSIM per protocol, image grids),
+                        steps_per_sec
+  evals.jsonl           one line per evaluation during training
+  eval_<step>.json      written by `evaluate`
+"""
+
+import json
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Optional, Union
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+from clu import metric_writers
+from clu import periodic_actions
+
+from data_pipeline import cufed
+from data_pipeline import train as train_data
+from ttsr_jax import checkpoint
+from ttsr_jax import evaluate as evaluate_lib
+from ttsr_jax import sharding
+from ttsr_jax import step as step_lib
+from ttsr_jax.tools import vgg19
+
+Params = Any
+PathLike = Union[str, pathlib.Path]
+
+# fold_in salt of the random VGG19's key, apart from the state's PRNGKey(seed) stream.
+_VGG_SALT = 1
+
+
+class TrainError(Exception):
+  """A problem with the run's set-up that the user can fix; reported in one line."""
+
+
+class NonFiniteLossError(TrainError):
+  """A loss (or another training metric) became NaN or infinite."""
+
+
+def load_vgg_params(config: ml_collections.ConfigDict) -> Params:
+  """VGG19 parameters (host arrays) for the LTE's initialisation and the perceptual loss.
+
+  From `config.model.vgg19_weights`, or random from the seed when it is None (the same on every
+  run of the config, so a resumed run recreates them).
+  """
+  path = config.model.vgg19_weights
+  if path is None:
+    logging.warning(
+        "\n%s\nconfig.model.vgg19_weights is None: the LTE and the perceptual loss use a RANDOMLY "
+        "INITIALISED VGG19\n(seed %d), not ImageNet weights. Fine for the demo and tests; the "
+        "paper's experiments need\n`python -m ttsr_jax.tools.vgg19` (see docs/training.md).\n%s",
+        "=" * 100, config.seed, "=" * 100)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _VGG_SALT)
+    return jax.device_get(step_lib.init_vgg_params(config, key))
+  if not pathlib.Path(path).is_file():
+    raise TrainError(
+        f"config.model.vgg19_weights = {path}: file not found. This config trains with ImageNet "
+        "VGG19 weights (LTE initialisation and perceptual loss). Create the default file with "
+        f"`python -m ttsr_jax.tools.vgg19` (writes {vgg19.default_weights_path()}; needs a "
+        "network and torch, or --from a downloaded torchvision .pth / Keras .h5), or point "
+        "--config.model.vgg19_weights at a converted .npz")
+  logging.info("VGG19 weights from %s", path)
+  return jax.device_get(vgg19.load_vgg19_params(path))
+
+
+def _replicate(tree: Params, mesh: jax.sharding.Mesh) -> Params:
+  """Host arrays (equal on every process) as arrays replicated over the whole mesh."""
+  replicated = sharding.replicated(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
+
+
+def load_train_shard(config: ml_collections.ConfigDict) -> train_data.TrainShard:
+  """This process's part of the training set, preparing the dataset first if needed."""
+  cufed_dir = config.data.cufed_dir
+  data_dir = config.data.data_dir or cufed.default_data_dir(cufed_dir)
+  patch_size = 4 * config.train_crop_size
+  if not cufed.builder(data_dir, patch_size).is_prepared():
+    if jax.process_index() == 0:
+      logging.info("Preparing %s for %dx%d patches in %s", cufed_dir, patch_size, patch_size,
+                   data_dir)
+      cufed.prepare(cufed_dir, data_dir, patch_size)
+    evaluate_lib.sync_processes("ttsr_dataset_prepared")
+  shard = train_data.load_train_shard(data_dir, patch_size)
+  logging.info("Process %d of %d reads %d of %d training examples (indices %s)",
+               shard.process_index, shard.process_count, len(shard.indices), shard.num_examples,
+               np.array2string(shard.indices, threshold=32, max_line_width=200))
+  return shard
+
+
+class _Preemption:
+  """Whether to stop for SIGTERM, checked once per step.
+
+  With several processes, JAX's coordination service sees the signal and all processes agree on
+  the step to stop at (`reached_preemption_sync_point`); a single process installs its own
+  handler.
+  """
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+
+  def __call__(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # the preemption service is off
+        return False
+    return self._flag.is_set()
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _IntervalMetrics:
+  """Step metrics kept on the devices until the interval ends, then averaged on the host."""
+
+  def __init__(self, writer: metric_writers.MetricWriter):
+    self._writer = writer
+    self._pending: list[dict[str, jax.Array]] = []
+    self._first_step = 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    if not self._pending:
+      self._first_step = step
+    self._pending.append(metrics)
+
+  def flush(self, step: int) -> None:
+    """Writes the interval's means at `step`.
+
+    Raises:
+      NonFiniteLossError: a metric of the interval is NaN or infinite.
+    """
+    if not self._pending:
+      return
+    pending, self._pending = jax.device_get(self._pending), []
+    for offset, metrics in enumerate(pending):
+      bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+      if bad:
+        raise NonFiniteLossError(
+            f"step {self._first_step + offset}: non-finite training metrics {bad}; stopping. "
+            "The checkpoints in the workdir are from before this step (a lower learning rate or "
+            "loss weight may help)")
+    keys = {k for metrics in pending for k in metrics}
+    self._writer.write_scalars(step, {
+        f"train/{k}": float(np.mean([m[k] for m in pending if k in m])) for k in sorted(keys)})
+
+
+def _write_json_line(path: pathlib.Path, record: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config flattened to the scalar types TensorBoard's hparams accept."""
+  flat = {}
+
+  def walk(prefix: str, value: Any) -> None:
+    if isinstance(value, dict):
+      for k, v in value.items():
+        walk(f"{prefix}{k}.", v)
+    else:
+      key = prefix[:-1]
+      flat[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+  walk("", config.to_dict())
+  return flat
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> dict[str, float]:
+  """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+
+  Returns:
+    The last evaluation's metrics ({} if the run stopped before any).
+
+  Raises:
+    TrainError: a set-up problem (missing weights, a checkpoint of another model) or a
+      non-finite loss (NonFiniteLossError); the workdir keeps the last good checkpoint.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  evaluator = evaluate_lib.Evaluator(config)
+  vgg_params = _replicate(load_vgg_params(config), mesh)
+  shard = load_train_shard(config)
+  steps_per_epoch = shard.steps_per_epoch(config.batch_size)
+  if steps_per_epoch == 0:
+    raise TrainError(f"{shard.num_examples} training examples give no batch of "
+                     f"{config.batch_size}; lower config.batch_size")
+  total_epochs = config.num_init_epochs + config.num_epochs
+  total_steps = total_epochs * steps_per_epoch
+  logging.info("%d devices, global batch %d, %d steps per epoch, %d + %d epochs (%d steps)",
+               mesh.size, config.batch_size, steps_per_epoch, config.num_init_epochs,
+               config.num_epochs, total_steps)
+
+  evaluate_lib.sync_processes("ttsr_setup")  # Orbax's first steps use device collectives
+  mngr = checkpoint.manager(workdir / checkpoint.CHECKPOINT_DIR, config.keep_checkpoints)
+  writer = metric_writers.create_default_writer(workdir / "tensorboard",
+                                                just_logging=jax.process_index() > 0)
+  preemption = _Preemption()
+  try:
+    latest = mngr.latest_step()
+    if latest is None:
+      init = jax.jit(lambda vgg: step_lib.create_train_state(config, vgg, steps_per_epoch),
+                     out_shardings=sharding.replicated(mesh))
+      state, last_eval = init(vgg_params), {}
+      writer.write_hparams(_hparams(config))
+    else:
+      state, last_eval = checkpoint.restore(mngr, latest, config, mesh)
+      last_eval = last_eval or {}
+      logging.info("Resuming from %s", workdir / checkpoint.CHECKPOINT_DIR / str(latest))
+    step = int(jax.device_get(state.step))
+    train_steps = _compile_train_steps(config, steps_per_epoch, mesh, state, vgg_params,
+                                       first_step=step)
+    evaluate_lib.sync_processes(f"ttsr_compiled_{step}")
+    interval = _IntervalMetrics(writer)
+    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    logging.info("Training from step %d of %d", step, total_steps)
+
+    def save(metrics: Optional[dict[str, float]] = None) -> None:
+      interval.flush(step)  # never stores a state that followed a non-finite loss
+      checkpoint.save(mngr, step, state, config, metrics)
+
+    for epoch in range(step // steps_per_epoch, total_epochs):
+      warmup = epoch < config.num_init_epochs
+      batches = train_data.train_iterator(
+          shard, seed=config.seed, epoch=epoch, global_batch_size=config.batch_size, mesh=mesh,
+          start_batch=step - epoch * steps_per_epoch)
+      for batch in batches:
+        # Checked before the step, so that an epoch's last step is followed by its evaluation
+        # and checkpoint even when the signal came during it.
+        if preemption(step):
+          if mngr.latest_step() != step:
+            save()
+          logging.warning("SIGTERM: stopped at step %d; the checkpoint of that step is in %s",
+                          step, workdir / checkpoint.CHECKPOINT_DIR)
+          return last_eval
+        state, metrics = train_steps[warmup](state, batch, vgg_params)
+        step += 1
+        interval.add(step, metrics)
+        report(step)
+        if step % config.log_every == 0:
+          interval.flush(step)
+      interval.flush(step)
+      main_epoch = epoch + 1 - config.num_init_epochs
+      last = epoch + 1 == total_epochs
+      evaluated = main_epoch > 0 and config.eval_every > 0 and (
+          main_epoch % config.eval_every == 0 or last)
+      if evaluated:
+        last_eval = _evaluate_and_write(evaluator, state.g_params, step, writer)
+        if jax.process_index() == 0:
+          _write_json_line(workdir / "evals.jsonl", {"step": step, "epoch": epoch + 1,
+                                                     **last_eval})
+      if evaluated or (epoch + 1) % config.checkpoint_every == 0 or last:
+        primary = f"{evaluator.protocols()[0][0]}/psnr"
+        save({checkpoint.BEST_METRIC: last_eval[primary], **last_eval} if evaluated else None)
+    return last_eval
+  finally:
+    preemption.close()
+    mngr.close()
+    writer.close()
+
+
+def _compile_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                         mesh: jax.sharding.Mesh, state: step_lib.TrainState, vgg_params: Params,
+                         first_step: int) -> dict[bool, Callable]:
+  """The jitted warm-up (key True) and main (False) steps that the run still needs, compiled now.
+
+  Compiling ahead lets the processes of a multi-host run meet after their (unequal) compile
+  times, before the first step's collectives.
+  """
+  patch = 4 * config.train_crop_size
+  shapes = {key: (config.batch_size, patch, patch, 3) for key in step_lib.IMAGE_KEYS}
+  shapes["lr"] = (config.batch_size, config.train_crop_size, config.train_crop_size, 3)
+  data = sharding.batch_sharding(mesh)
+  batch = {key: jax.ShapeDtypeStruct(shape, np.float32, sharding=data)
+           for key, shape in shapes.items()}
+  needed = []
+  if first_step < config.num_init_epochs * steps_per_epoch:
+    needed.append(True)
+  if config.num_epochs > 0:
+    needed.append(False)
+  return {warmup: sharding.jit_train_step(
+      step_lib.make_train_step(config, steps_per_epoch, warmup=warmup), mesh
+  ).lower(state, batch, vgg_params).compile() for warmup in needed}
+
+
+def _evaluate_and_write(evaluator: evaluate_lib.Evaluator, g_params: Params, step: int,
+                        writer: metric_writers.MetricWriter) -> dict[str, float]:
+  start = time.time()
+  results, grids = evaluator(g_params)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+  if grids:
+    writer.write_images(step, {f"eval/{k}": v for k, v in grids.items()})
+  logging.info("Evaluation at step %d (%.1f s): %s", step, time.time() - start, _summary(results))
+  return results
+
+
+def _summary(results: dict[str, float]) -> str:
+  names = dict.fromkeys(k.split("/")[0] for k in results)
+  return "; ".join(
+      f"{n} PSNR {results[f'{n}/psnr']:.3f} SSIM {results[f'{n}/ssim']:.4f} (bicubic "
+      f"{results[f'{n}/bicubic_psnr']:.3f} / {results[f'{n}/bicubic_ssim']:.4f})" for n in names)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
+             which: str = "latest") -> dict[str, float]:
+  """Evaluates a checkpoint as training does and writes WORKDIR/eval_<step>.json.
+
+  Args:
+    config: the run's config (its model must match the checkpoint's).
+    workdir: the run's directory.
+    which: 'latest' or 'best' checkpoint of the workdir, or a checkpoint path (see
+      `checkpoint.locate`).
+
+  Returns:
+    The metrics, as `train_and_evaluate` reports them.
+  """
+  workdir = pathlib.Path(workdir)
+  directory, step = checkpoint.locate(workdir, which)
+  mesh = sharding.make_mesh()
+  with checkpoint.manager(directory, read_only=True) as mngr:
+    state, _ = checkpoint.restore(mngr, step, config, mesh)
+  results, _ = evaluate_lib.Evaluator(config)(state.g_params)
+  logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / f"eval_{step}.json", "w") as f:
+      json.dump({"checkpoint": str(directory / str(step)), "step": step,
+                 "protocol": config.eval.protocol, **results}, f, indent=2)
+  return results
