@@ -97,6 +97,7 @@ def _load_state_dict_params(path: pathlib.Path,
 
 def _orbax_location(path: pathlib.Path) -> tuple[pathlib.Path, Optional[int]]:
   """(CheckpointManager directory, step or None for the latest) for a workdir/checkpoints/step."""
+  path = path.absolute()  # Orbax refuses relative paths
   if (path / "checkpoints").is_dir():
     return path / "checkpoints", None
   if (path / "state").is_dir():
