@@ -73,8 +73,7 @@ class Evaluator:
     self._config = config
     # The search's chunking bounds its memory on large test images and does not change sr.
     model = step_lib.build_model(config.model).clone(search_chunk_size=e.search_chunk_size)
-    self._sr = jax.jit(lambda params, lr, lrsr, ref, refsr:
-                       model.apply({"params": params}, lr, lrsr, ref, refsr).sr)
+    self._sr = infer.sr_function(model)
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique
 

@@ -233,9 +233,11 @@ def prepare_inputs(lr: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @functools.cache
-def _sr_function(model: TTSR):
-  # Parameters are an argument, not a constant baked into the program; jit compiles once per
-  # input shape.
+def sr_function(model: TTSR):
+  """jit of (params, lr, lrsr, ref, refsr) -> sr, one per model, compiled once per input shape.
+
+  Parameters are an argument, not constants baked into the program (which XLA would fold slowly).
+  """
   return jax.jit(lambda params, *images: model.apply({"params": params}, *images).sr)
 
 
@@ -247,7 +249,7 @@ def to_uint8(sr: np.ndarray) -> np.ndarray:
 def super_resolve(model: TTSR, params: Params, images: dict[str, np.ndarray]) -> np.ndarray:
   """uint8 (4H, 4W, 3) output for `prepare_inputs` (jit-compiled once per input shape)."""
   inputs = [samples.normalize(images[k])[None] for k in ("lr", "lrsr", "ref", "refsr")]
-  return to_uint8(_sr_function(model)(params, *inputs)[0])
+  return to_uint8(sr_function(model)(params, *inputs)[0])
 
 
 def side_by_side(lrsr: np.ndarray, sr: np.ndarray, ref: np.ndarray) -> np.ndarray:

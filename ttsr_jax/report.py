@@ -261,8 +261,7 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
   params = jax.device_put(params)
   # The evaluation's model: the run's dtype, and the search chunked for large test images.
   model = step_lib.build_model(config.model).clone(search_chunk_size=config.eval.search_chunk_size)
-  # Parameters are an argument, so they are not baked into the compiled program.
-  sr_fn = jax.jit(lambda p, *images: model.apply({"params": p}, *images).sr)
+  sr_fn = infer.sr_function(model)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
