@@ -32,7 +32,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and metrics.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: train (resuming from --workdir) and evaluate; eval: evaluate a checkpoint.")
+                  "train: train (resuming from --workdir) and evaluate; "
+                  "eval: evaluate a checkpoint.")
 flags.DEFINE_string("checkpoint", "latest",
                     "eval mode: 'latest' or 'best' (by PSNR) checkpoint of --workdir, or the path "
                     "of a workdir, its checkpoints/ directory or one checkpoints/<step> directory.")

@@ -27,7 +27,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_mistyped_config_field_is_an_error(tmp_path):
-  result = _run("--config=configs/demo.py", "--config.optim.learning_rate=1", f"--workdir={tmp_path}")
+  result = _run("--config=configs/demo.py", "--config.optim.learning_rate=1",
+                f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert "learning_rate" in result.stderr
   assert not (tmp_path / "checkpoints").exists()

@@ -1,5 +1,6 @@
 """The training loop on a tiny generated dataset: files written, resume after SIGKILL and SIGTERM
-bit-identical to an uninterrupted run, eval mode, non-finite losses, foreign checkpoints.
+bit-identical to an uninterrupted run, eval mode, non-finite losses, foreign checkpoints,
+checkpoint retention.
 
 One uninterrupted run (in this process) is shared by the tests; the interrupted runs go through
 launch.py in subprocesses. All runs use the same tiny config, so XLA's persistent cache compiles
@@ -17,9 +18,10 @@ import sys
 import time
 
 import jax
-import numpy as np
-import pytest
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 import tensorflow as tf
 
 from data_pipeline import cufed
@@ -174,7 +176,8 @@ def _wait_until(condition, process: subprocess.Popen, log: pathlib.Path,
   deadline = time.time() + timeout
   while not condition():
     if process.poll() is not None:
-      raise AssertionError(f"exited with {process.returncode} too early:\n{log.read_text()[-4000:]}")
+      raise AssertionError(f"exited with {process.returncode} too early:\n"
+                           f"{log.read_text()[-4000:]}")
     if time.time() > deadline:
       process.kill()
       raise AssertionError(f"timed out:\n{log.read_text()[-4000:]}")
@@ -243,3 +246,13 @@ def test_checkpoint_of_another_model_is_refused(uninterrupted):
   assert "model.n_feats: checkpoint 8, this config 16" in message
   assert "model.num_res_blocks: checkpoint [1, 1, 1, 1], this config [2, 1, 1, 1]" in message
   assert "res_scale" not in message
+
+
+def test_retention_keeps_the_latest_and_the_best(tmp_path):
+  with checkpoint.manager(tmp_path, keep=2) as mngr:
+    for step, psnr in ((1, 30.0), (2, None), (3, 20.0), (4, 25.0), (5, None)):
+      mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"x": np.zeros(1)}),
+                                              config=ocp.args.JsonSave({})),
+                metrics=None if psnr is None else {checkpoint.BEST_METRIC: psnr})
+    assert mngr.all_steps() == [1, 4, 5]
+    assert mngr.best_step() == 1

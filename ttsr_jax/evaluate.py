@@ -71,6 +71,10 @@ class Evaluator:
       raise ValueError(f"config.eval.protocol {e.protocol!r}: expected one of "
                        f"{metrics_lib.PROTOCOLS}")
     self._config = config
+    if not self.protocols():
+      raise ValueError("config.eval: no protocol to evaluate; set levels or multi_reference")
+    # The metric that ranks checkpoints: the PSNR of the first protocol.
+    self.primary_metric = f"{self.protocols()[0][0]}/psnr"
     # The search's chunking bounds its memory on large test images and does not change sr.
     model = step_lib.build_model(config.model).clone(search_chunk_size=e.search_chunk_size)
     self._sr = infer.sr_function(model)

@@ -203,8 +203,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   """
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  evaluator = evaluate_lib.Evaluator(config)
+  try:
+    sharding.check_batch_size(config.batch_size, mesh)
+  except ValueError as e:
+    raise TrainError(str(e)) from None
+  evaluator = _make_evaluator(config)
   vgg_params = _replicate(load_vgg_params(config), mesh)
   shard = load_train_shard(config)
   steps_per_epoch = shard.steps_per_epoch(config.batch_size)
@@ -235,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
       logging.info("Resuming from %s", workdir / checkpoint.CHECKPOINT_DIR / str(latest))
     step = int(jax.device_get(state.step))
     train_steps = _compile_train_steps(config, steps_per_epoch, mesh, state, vgg_params,
-                                       first_step=step)
+                                       first_step=step, total_steps=total_steps)
     evaluate_lib.sync_processes(f"ttsr_compiled_{step}")
     interval = _IntervalMetrics(writer)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
@@ -276,8 +279,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
           _write_json_line(workdir / "evals.jsonl", {"step": step, "epoch": epoch + 1,
                                                      **last_eval})
       if evaluated or (epoch + 1) % config.checkpoint_every == 0 or last:
-        primary = f"{evaluator.protocols()[0][0]}/psnr"
-        save({checkpoint.BEST_METRIC: last_eval[primary], **last_eval} if evaluated else None)
+        save({checkpoint.BEST_METRIC: last_eval[evaluator.primary_metric], **last_eval}
+             if evaluated else None)
+    logging.info("Finished at step %d; checkpoints in %s", step,
+                 workdir / checkpoint.CHECKPOINT_DIR)
     return last_eval
   finally:
     preemption.close()
@@ -287,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
 
 def _compile_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
                          mesh: jax.sharding.Mesh, state: step_lib.TrainState, vgg_params: Params,
-                         first_step: int) -> dict[bool, Callable]:
+                         first_step: int, total_steps: int) -> dict[bool, Callable]:
   """The jitted warm-up (key True) and main (False) steps that the run still needs, compiled now.
 
   Compiling ahead lets the processes of a multi-host run meet after their (unequal) compile
@@ -299,14 +304,20 @@ def _compile_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int
   data = sharding.batch_sharding(mesh)
   batch = {key: jax.ShapeDtypeStruct(shape, np.float32, sharding=data)
            for key, shape in shapes.items()}
-  needed = []
-  if first_step < config.num_init_epochs * steps_per_epoch:
-    needed.append(True)
-  if config.num_epochs > 0:
+  warmup_steps = config.num_init_epochs * steps_per_epoch
+  needed = [True] if first_step < warmup_steps else []
+  if max(first_step, warmup_steps) < total_steps:
     needed.append(False)
   return {warmup: sharding.jit_train_step(
       step_lib.make_train_step(config, steps_per_epoch, warmup=warmup), mesh
   ).lower(state, batch, vgg_params).compile() for warmup in needed}
+
+
+def _make_evaluator(config: ml_collections.ConfigDict) -> evaluate_lib.Evaluator:
+  try:
+    return evaluate_lib.Evaluator(config)
+  except ValueError as e:  # an evaluation the config cannot ask for
+    raise TrainError(str(e)) from None
 
 
 def _evaluate_and_write(evaluator: evaluate_lib.Evaluator, g_params: Params, step: int,
@@ -345,7 +356,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
   mesh = sharding.make_mesh()
   with checkpoint.manager(directory, read_only=True) as mngr:
     state, _ = checkpoint.restore(mngr, step, config, mesh)
-  results, _ = evaluate_lib.Evaluator(config)(state.g_params)
+  results, _ = _make_evaluator(config)(state.g_params)
   logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
