@@ -1,12 +1,15 @@
 """Prints train-step time, XLA's compiled memory and achieved FLOP/s for the default model.
 
   python -m bench.train_step [--batch 9] [--steps 3] [--variants rec,all,all_remat,all_bf16,...]
+                             [--microbatches 1,3,9]
 
 Default model (64 ch, 16+16+8+4), 160x160 patches (LR 40x40), random weights and inputs. Each
-variant runs in its own process (so its peak RSS is its own): compile, one warm-up step, then the
-median of `--steps` timed steps. Memory is XLA's compiled memory analysis of the jitted step
-(arguments + outputs + temporaries; donated state counted once). FLOPs are XLA's cost analysis of
-the same program, compared with a 4096^2 float32 matmul measured in the same process.
+variant runs in its own process (so its peak RSS is its own; `--same_process` saves the start-ups):
+compile, one warm-up step, then the median of `--steps` timed steps. Memory is XLA's compiled
+memory analysis of the jitted step (arguments + outputs + temporaries; donated state counted
+once). FLOPs are XLA's cost analysis of the step without microbatches (it counts a loop body
+once; with microbatches the same arithmetic runs, plus a generator forward with the adversarial
+loss), compared with a 4096^2 float32 matmul measured in the same process.
 """
 
 import argparse
@@ -44,7 +47,7 @@ def matmul_flops_per_s() -> float:
   return 2 * n ** 3 / min(times)
 
 
-def run_variant(name: str, batch: int, steps: int) -> dict:
+def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   import jax
   import numpy as np
   from configs import default
@@ -55,9 +58,10 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
   config.loss.update(dict(rec_w=0.0, per_w=0.0, tpl_w=0.0, adv_w=0.0) | weights)
   config.model.update(model)
   config.batch_size = batch
+  config.microbatches = microbatches
   config.num_init_epochs = 0
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(batch, mesh)
+  sharding.check_batch_size(batch, mesh, microbatches)
   vgg_params = step.init_vgg_params(config, jax.random.PRNGKey(1))
   state = jax.device_put(step.create_train_state(config, vgg_params, 1000), sharding.replicated(mesh))
   rng = np.random.RandomState(0)
@@ -72,6 +76,11 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
   compile_s = time.perf_counter() - t
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
+  if microbatches > 1:
+    whole = config.copy_and_resolve_references()
+    whole.microbatches = 1
+    cost = sharding.jit_train_step(step.make_train_step(whole, 1000, warmup=False), mesh).lower(
+        state, data, vgg_params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   times = []
   if steps:  # --steps 0: compile and analyse only (e.g. bf16 on a CPU, where it is slow)
@@ -86,7 +95,8 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
   step_s = float(np.median(times)) if times else float("nan")
   stats = device.memory_stats() or {}
   return dict(
-      variant=name, batch=batch, device=device.device_kind, compile_s=compile_s, step_s=step_s,
+      variant=name, batch=batch, microbatches=microbatches, device=device.device_kind,
+      compile_s=compile_s, step_s=step_s,
       arg_gb=mem.argument_size_in_bytes / 1e9, out_gb=mem.output_size_in_bytes / 1e9,
       temp_gb=mem.temp_size_in_bytes / 1e9,
       alias_gb=mem.alias_size_in_bytes / 1e9,
@@ -100,33 +110,49 @@ def run_variant(name: str, batch: int, steps: int) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", default="9", help="comma-separated global batch sizes")
   parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--variants", default="rec,all")
+  parser.add_argument("--variants", default="rec,all", help=f"comma-separated: {', '.join(VARIANTS)}")
+  parser.add_argument("--microbatches", default="1",
+                      help="comma-separated config.microbatches values (gradient accumulation)")
+  parser.add_argument("--same_process", action="store_true",
+                      help="run every variant in this process: saves a start-up per variant "
+                           "(GPU), but peak RSS and device peak become running maxima")
   parser.add_argument("--only", help=argparse.SUPPRESS)  # one variant, in a child process
   args = parser.parse_args()
   if args.only:
-    print(json.dumps(run_variant(args.only, int(args.batch), args.steps)))
+    print(json.dumps(run_variant(args.only, int(args.batch), int(args.microbatches), args.steps)))
     return
-  print(f"{'variant':16} {'batch':>5} {'step s':>8} {'compile s':>9} {'XLA mem GB':>10} "
-        f"{'(arg/out/tmp)':>18} {'dev peak GB':>11} {'RSS GB':>7} {'GFLOP':>7} {'GFLOP/s':>8} "
-        f"{'matmul GFLOP/s':>14}  device")
+  print(f"{'variant':16} {'batch':>5} {'micro':>5} {'step s':>8} {'compile s':>9} "
+        f"{'XLA mem GB':>10} {'(arg/out/tmp)':>18} {'dev peak GB':>11} {'RSS GB':>7} "
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'matmul GFLOP/s':>14}  device", flush=True)
   for batch in args.batch.split(","):
     for name in args.variants.split(","):
-      _run_child(name, batch, args.steps)
+      for microbatches in args.microbatches.split(","):
+        if args.same_process:
+          _print_row(run_variant(name, int(batch), int(microbatches), args.steps))
+        else:
+          _run_child(name, batch, microbatches, args.steps)
 
 
-def _run_child(name: str, batch: str, steps: int) -> None:
+def _run_child(name: str, batch: str, microbatches: str, steps: int) -> None:
   out = subprocess.run([sys.executable, "-m", "bench.train_step", "--only", name, "--batch",
-                        batch, "--steps", str(steps)], capture_output=True, text=True,
+                        batch, "--microbatches", microbatches, "--steps", str(steps)],
+                       capture_output=True, text=True,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   if out.returncode:
-    print(f"{name:16} {batch:>5} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
+    last_line = (out.stderr.strip().splitlines() or ["?"])[-1]
+    print(f"{name:16} {batch:>5} {microbatches:>5} failed: {last_line}", flush=True)
     return
-  r = json.loads(out.stdout.strip().splitlines()[-1])
-  print(f"{r['variant']:16} {r['batch']:>5} {r['step_s']:>8.2f} {r['compile_s']:>9.1f} "
-        f"{r['total_gb']:>10.2f} {r['arg_gb']:>6.2f}/{r['out_gb']:.2f}/{r['temp_gb']:.2f} "
+  _print_row(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _print_row(r: dict) -> None:
+  print(f"{r['variant']:16} {r['batch']:>5} {r['microbatches']:>5} {r['step_s']:>8.2f} "
+        f"{r['compile_s']:>9.1f} {r['total_gb']:>10.2f} "
+        f"{r['arg_gb']:>6.2f}/{r['out_gb']:.2f}/{r['temp_gb']:.2f} "
         f"{r['peak_device_gb']:>11.2f} {r['peak_rss_gb']:>7.2f} {r['gflop']:>7.0f} "
         f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f}  {r['device']}", flush=True)
 

@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.batch_size = 9  # global, over all devices
+  # Sequential microbatches per step (gradient accumulation): the same gradients with about
+  # 1/microbatches of the activation memory; batch_size must be a multiple of
+  # microbatches x devices. With the adversarial loss on, the generator's forward runs twice.
+  config.microbatches = 1
   config.train_crop_size = 40  # LR patch side; the discriminator sees 4x this
   config.num_init_epochs = 2  # warm-up epochs with the reconstruction loss only
   config.num_epochs = 1

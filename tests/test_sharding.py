@@ -70,5 +70,5 @@ def test_four_devices_match_one():
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   mesh = sharding.make_mesh()
   sharding.check_batch_size(len(mesh.devices) * 3, mesh)
-  with pytest.raises(ValueError, match=r"batch_size 7 is not divisible by the 2 devices"):
+  with pytest.raises(ValueError, match=r"batch_size 7 is not divisible by 2 devices x 1 microbatches"):
     sharding.check_batch_size(7, sharding.Mesh([mesh.devices[0]] * 2, (sharding.DATA_AXIS,)))

@@ -22,11 +22,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, microbatches: int = 1) -> None:
+  """The global batch must split evenly over the devices, and each device's share over the
+  microbatches."""
+  if microbatches < 1:
+    raise ValueError(f"microbatches must be at least 1, got {microbatches}")
   devices = mesh.shape[DATA_AXIS]
-  if batch_size % devices:
-    raise ValueError(f"batch_size {batch_size} is not divisible by the {devices} devices of the "
-                     f"mesh; choose a multiple of {devices} (e.g. {devices * max(1, batch_size // devices)})")
+  unit = devices * microbatches
+  if batch_size % unit:
+    raise ValueError(
+        f"batch_size {batch_size} is not divisible by {devices} devices x {microbatches} "
+        f"microbatches; choose a multiple of {unit} (e.g. {unit * max(1, batch_size // unit)})")
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh) -> Callable:

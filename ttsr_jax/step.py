@@ -38,19 +38,23 @@ class TrainState:
   key: jnp.ndarray  # raw uint32 PRNG key (plain array, so Orbax stores it as is)
 
 
-def build_model(model_config: ml_collections.ConfigDict) -> TTSR:
+def build_model(model_config: ml_collections.ConfigDict, loop_backward: bool = False) -> TTSR:
+  """`loop_backward`: differentiated inside a loop on XLA:CPU (see layers.conv2d)."""
   return TTSR(n_feats=model_config.n_feats, num_res_blocks=tuple(model_config.num_res_blocks),
               res_scale=model_config.res_scale, lte_reduce_lv3=model_config.lte_reduce_lv3,
               search_chunk_size=model_config.search_chunk_size,
-              dtype=jnp.dtype(model_config.dtype), remat=model_config.remat)
+              dtype=jnp.dtype(model_config.dtype), remat=model_config.remat,
+              loop_backward=loop_backward)
 
 
-def build_discriminator(config: ml_collections.ConfigDict) -> Discriminator:
-  return Discriminator(in_size=4 * config.train_crop_size, dtype=jnp.dtype(config.model.dtype))
+def build_discriminator(config: ml_collections.ConfigDict,
+                        loop_backward: bool = False) -> Discriminator:
+  return Discriminator(in_size=4 * config.train_crop_size, dtype=jnp.dtype(config.model.dtype),
+                       loop_backward=loop_backward)
 
 
-def build_vgg(config: ml_collections.ConfigDict) -> VGG19:
-  return VGG19(dtype=jnp.dtype(config.model.dtype))
+def build_vgg(config: ml_collections.ConfigDict, loop_backward: bool = False) -> VGG19:
+  return VGG19(dtype=jnp.dtype(config.model.dtype), loop_backward=loop_backward)
 
 
 def lr_factor(optim: ml_collections.ConfigDict, step: jnp.ndarray, steps_per_epoch: int,
@@ -113,6 +117,36 @@ def _global_norm(tree) -> jnp.ndarray:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def split_microbatches(tree: Any, count: int) -> Any:
+  """(B, ...) leaves -> (count, B // count, ...). Microbatch k holds rows k, k + count, ..., so
+  when B is split over devices in contiguous blocks every microbatch takes an equal share of each
+  device's rows and no data moves between devices."""
+  return jax.tree_util.tree_map(
+      lambda x: x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1), tree)
+
+
+def merge_microbatches(tree: Any) -> Any:
+  """The inverse of `split_microbatches`."""
+  return jax.tree_util.tree_map(
+      lambda x: x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+def _microbatch_mean(fn: Callable, inputs: Any, count: int) -> Any:
+  """The mean over `count` microbatches of `fn(microbatch)` (a tree of arrays), computed one
+  microbatch after the other so that only one microbatch's activations are alive at a time."""
+  if count == 1:
+    return fn(inputs)
+  microbatches = split_microbatches(inputs, count)
+  first = jax.tree_util.tree_map(lambda x: x[0], microbatches)
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first))
+
+  def accumulate(total, microbatch):
+    return jax.tree_util.tree_map(jnp.add, total, fn(microbatch)), None
+
+  total, _ = jax.lax.scan(accumulate, zeros, microbatches)
+  return jax.tree_util.tree_map(lambda x: x / count, total)
+
+
 def make_gradient_fn(config: ml_collections.ConfigDict, steps_per_epoch: int, *, warmup: bool,
                      axis_name: Optional[str] = None) -> Callable:
   """The iteration without the generator update: (state, batch, vgg_params, epsilons) ->
@@ -120,10 +154,21 @@ def make_gradient_fn(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
 
   `epsilons` (gan_k, N) replaces the WGAN-GP interpolation factors drawn from the state's key
   (for reproducing stored reference draws); N is the local batch under `axis_name`.
+
+  With `config.microbatches` = M > 1 the (local) batch is processed in M sequential
+  microbatches whose gradients are averaged: the same gradients (every loss is a mean over
+  samples), with about 1/M of the activation memory. When the adversarial loss is on, the
+  discriminator must see the whole batch's sr before the generator's loss, so the generator's
+  forward pass then runs twice (once without gradients).
   """
-  model, disc, vgg = build_model(config.model), build_discriminator(config), build_vgg(config)
-  _, d_tx = make_optimizers(config, steps_per_epoch)
   w = config.loss
+  count = config.microbatches
+  # Microbatches run in a loop, where XLA:CPU's own backward convolutions are slow.
+  loop_backward = count > 1 and jax.default_backend() == "cpu"
+  model = build_model(config.model, loop_backward)
+  disc = build_discriminator(config, loop_backward)
+  vgg = build_vgg(config, loop_backward)
+  _, d_tx = make_optimizers(config, steps_per_epoch)
   use_per = not warmup and w.per_w != 0
   use_tpl = not warmup and w.tpl_w != 0
   use_adv = not warmup and w.adv_w != 0
@@ -140,61 +185,89 @@ def make_gradient_fn(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
     start = jax.lax.axis_index(axis_name) * local_batch
     return jax.lax.dynamic_slice_in_dim(eps, start, local_batch, axis=1)
 
+  def forward(g_params, batch):
+    out = model.apply({"params": g_params}, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr")))
+    return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
+
   def gradient_fn(state: TrainState, batch: Batch, vgg_params: Params,
                   epsilons: Optional[jnp.ndarray] = None):
-    lr, lrsr, ref, refsr, hr = (batch[k] for k in IMAGE_KEYS)
+    local_batch = batch["hr"].shape[0]
+    if local_batch % count:
+      raise ValueError(f"config.microbatches {count} does not divide the per-device batch "
+                       f"{local_batch}")
     _, step_key = jax.random.split(state.key)
-
-    def forward(g_params):
-      out = model.apply({"params": g_params}, lr, lrsr, ref, refsr)
-      return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
-
-    outputs, backward = jax.vjp(forward, state.g_params)
-    sr = outputs[0]
     metrics = {}
+
+    # With one microbatch the forward pass that feeds D is also the one the generator's
+    # gradient flows back through.
+    forward_vjp = jax.vjp(lambda p: forward(p, batch), state.g_params) if count == 1 else None
 
     d_params, d_opt_state = state.d_params, state.d_opt_state
     if use_adv and w.gan_k > 0:
       if epsilons is None:
-        epsilons = draw_epsilons(step_key, sr.shape[0])
-      fake = jax.lax.stop_gradient(sr)
+        epsilons = draw_epsilons(step_key, local_batch)
+      if forward_vjp:
+        sr = forward_vjp[0][0]
+      else:
+        sr = merge_microbatches(jax.lax.map(lambda b: forward(state.g_params, b)[0],
+                                            split_microbatches(batch, count)))
+      d_inputs = {"fake": jax.lax.stop_gradient(sr), "real": batch["hr"], "eps": epsilons.T}
       for k in range(w.gan_k):
-        def d_loss(p, eps=epsilons[k]):
-          apply = lambda x: disc.apply({"params": p}, x)
-          return losses.wgan_gp_discriminator_loss(apply, fake, hr, eps, w.gp_lambda)
+        def d_gradients(inputs, p=d_params, k=k):
+          def d_loss(p):
+            apply = lambda x: disc.apply({"params": p}, x)
+            return losses.wgan_gp_discriminator_loss(apply, inputs["fake"], inputs["real"],
+                                                     inputs["eps"][:, k], w.gp_lambda)
+          (loss_d, aux), grads = jax.value_and_grad(d_loss, has_aux=True)(p)
+          return grads, {"d/loss": loss_d, "d/real": jnp.mean(aux["d_real"]),
+                         "d/fake": jnp.mean(aux["d_fake"]),
+                         "d/gradient_penalty": aux["gradient_penalty"]}
 
-        (loss_d, aux), d_grads = jax.value_and_grad(d_loss, has_aux=True)(d_params)
+        d_grads, d_metrics = _microbatch_mean(d_gradients, d_inputs, count)
         d_grads = average(d_grads)
         updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_params)
         d_params = optax.apply_updates(d_params, updates)
-      metrics.update({"d/loss": loss_d, "d/real": jnp.mean(aux["d_real"]),
-                      "d/fake": jnp.mean(aux["d_fake"]),
-                      "d/gradient_penalty": aux["gradient_penalty"],
-                      "grad_norm/d": _global_norm(d_grads)})
+      metrics.update(d_metrics)
+      metrics["grad_norm/d"] = _global_norm(d_grads)
 
-    def generator_loss(outputs):
+    weights = {"rec": w.rec_w}
+    if use_per:
+      weights["per"] = w.per_w
+    if use_tpl:
+      weights["tpl"] = w.tpl_w
+    if use_adv:
+      weights["adv"] = w.adv_w
+
+    def generator_loss(outputs, hr):
       sr, s, t_lv3, t_lv2, t_lv1 = outputs
       terms = {"rec": losses.reconstruction_loss(sr, hr)}
-      weights = {"rec": w.rec_w}
       if use_per:
         vgg_apply = lambda x: vgg.apply({"params": vgg_params}, x)
-        terms["per"], weights["per"] = losses.perceptual_loss(vgg_apply, sr, hr), w.per_w
+        terms["per"] = losses.perceptual_loss(vgg_apply, sr, hr)
       if use_tpl:
         frozen = jax.lax.stop_gradient(state.g_params)
         lte_copy = lambda x: model.apply({"params": frozen}, x, method=TTSR.texture_features)
         terms["tpl"] = losses.texture_loss(lte_copy, sr, s, (t_lv3, t_lv2, t_lv1),
                                            w.tpl_use_S, w.tpl_type)
-        weights["tpl"] = w.tpl_w
       if use_adv:
         d_apply = lambda x: disc.apply({"params": d_params}, x)
-        terms["adv"], weights["adv"] = losses.generator_adversarial_loss(d_apply, sr), w.adv_w
+        terms["adv"] = losses.generator_adversarial_loss(d_apply, sr)
       total = 0.0
       for name, value in terms.items():  # the reference's order: rec, per, tpl, adv
         total = total + weights[name] * value
-      return total, (terms, weights)
+      return total, terms
 
-    (total, (terms, weights)), d_outputs = jax.value_and_grad(generator_loss, has_aux=True)(outputs)
-    (g_grads,) = backward(d_outputs)
+    def generator_gradients(batch, forward_vjp=None):
+      outputs, backward = forward_vjp or jax.vjp(lambda p: forward(p, batch), state.g_params)
+      (total, terms), d_outputs = jax.value_and_grad(generator_loss, has_aux=True)(
+          outputs, batch["hr"])
+      (grads,) = backward(d_outputs)
+      return grads, (total, terms)
+
+    if forward_vjp:
+      g_grads, (total, terms) = generator_gradients(batch, forward_vjp)
+    else:
+      g_grads, (total, terms) = _microbatch_mean(generator_gradients, batch, count)
     g_grads = average(g_grads)
     for name, value in terms.items():
       metrics[f"loss/{name}"] = value

@@ -204,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
   try:
-    sharding.check_batch_size(config.batch_size, mesh)
+    sharding.check_batch_size(config.batch_size, mesh, config.microbatches)
   except ValueError as e:
     raise TrainError(str(e)) from None
   evaluator = _make_evaluator(config)

@@ -7,6 +7,7 @@ compute dtype (bfloat16 for the memory knob), and float32 runs at full precision
 passes on GPUs flip the search's argmax.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -29,6 +30,78 @@ def _precision(dtype) -> jax.lax.Precision:
   return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, kernel, stride, padding, precision):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                      dimension_numbers=_DIMENSIONS, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
+           precision: jax.lax.Precision) -> jnp.ndarray:
+  """A square NHWC/HWIO convolution whose backward pass is written as forward convolutions
+  and matrix products.
+
+  XLA:CPU runs its own input- and kernel-gradient convolutions 7x and 40x slower inside a
+  loop body (lax.scan, as in gradient accumulation) than outside, while forward convolutions
+  and dots keep their speed. Here the input gradient is a forward convolution of the output
+  gradient with the flipped, transposed kernel (the zero-interleaved output gradient for strided
+  convolutions), and the kernel gradient one matrix product per kernel row. Both are written
+  with `conv2d` and dots, so the second derivative (the WGAN-GP penalty) stays fast too.
+  """
+  return _xla_conv(x, kernel, stride, padding, precision)
+
+
+def _conv2d_fwd(x, kernel, stride, padding, precision):
+  return _xla_conv(x, kernel, stride, padding, precision), (x, kernel)
+
+
+def _conv2d_bwd(stride, padding, precision, residuals, dy):
+  x, kernel = residuals
+  return (_input_gradient(dy, kernel, x.shape, stride, padding, precision),
+          _kernel_gradient(x, dy, kernel.shape[0], stride, padding, precision))
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _input_gradient(dy, kernel, x_shape, stride, padding, precision):
+  k = kernel.shape[0]
+  _, h, w, _ = x_shape
+  # Rows (columns) of the padded input that no output window reaches when stride > 1.
+  rest_h = (h + 2 * padding - k) % stride
+  rest_w = (w + 2 * padding - k) % stride
+  edge = k - 1 - padding
+  dilated = jax.lax.pad(dy, jnp.zeros((), dy.dtype),
+                        ((0, 0, 0), (edge, edge + rest_h, stride - 1),
+                         (edge, edge + rest_w, stride - 1), (0, 0, 0)))
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  return conv2d(dilated, flipped, 1, 0, precision)
+
+
+def _kernel_gradient(x, dy, k, stride, padding, precision):
+  n, out_h, out_w, out_c = dy.shape
+  c = x.shape[-1]
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  _, padded_h, padded_w, _ = padded.shape
+  span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+  # dy on the padded input's grid, once per kernel column j (shifted right by j), side by side:
+  # (N, span_h, padded_w, k * out_c). Built from dy, so it is made when dy arrives, not kept
+  # from the forward pass.
+  zero = jnp.zeros((), dy.dtype)
+  shifted = jnp.concatenate(
+      [jax.lax.pad(dy, zero, ((0, 0, 0), (0, 0, stride - 1),
+                              (j, padded_w - span_w - j, stride - 1), (0, 0, 0)))
+       for j in range(k)], axis=-1)
+  shifted = shifted.reshape(-1, k * out_c)
+  rows = [jax.lax.dot_general(padded[:, i:i + span_h].reshape(-1, c), shifted,
+                              (((0,), (0,)), ((), ())), precision=precision)
+          for i in range(k)]  # each (C, k * out_c)
+  return jnp.stack(rows).reshape(k, c, k, out_c).transpose(0, 2, 1, 3)
+
+
 class Conv2d(nn.Module):
   """PyTorch `nn.Conv2d(in, features, kernel_size, stride, padding=kernel_size // 2)` in NHWC."""
 
@@ -36,6 +109,7 @@ class Conv2d(nn.Module):
   kernel_size: int = 3
   stride: int = 1
   dtype: Dtype = jnp.float32
+  loop_backward: bool = False  # `conv2d`'s backward pass, for gradients inside XLA:CPU loops
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -44,13 +118,9 @@ class Conv2d(nn.Module):
     kernel = self.param("kernel", _torch_uniform(fan_in),
                         (self.kernel_size, self.kernel_size, in_features, self.features))
     bias = self.param("bias", _torch_uniform(fan_in), (self.features,))
-    pad = self.kernel_size // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=(self.stride, self.stride),
-        padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=_precision(self.dtype))
+    conv = conv2d if self.loop_backward else _xla_conv
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+             self.kernel_size // 2, _precision(self.dtype))
     return y + bias.astype(self.dtype)
 
 

@@ -24,17 +24,21 @@ class ResBlock(nn.Module):
   n_feats: int
   res_scale: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  loop_backward: bool = False
 
   @nn.compact
   def __call__(self, x):
-    y = Conv2d(self.n_feats, dtype=self.dtype, name="conv1")(x)
-    y = Conv2d(self.n_feats, dtype=self.dtype, name="conv2")(relu(y))
+    conv = lambda name: Conv2d(self.n_feats, dtype=self.dtype, loop_backward=self.loop_backward,
+                               name=name)
+    y = conv("conv1")(x)
+    y = conv("conv2")(relu(y))
     return y * self.res_scale + x
 
 
-def _res_blocks(block, x, name: str, count: int, n_feats: int, res_scale: float, dtype):
+def _res_blocks(block, x, name: str, count: int, n_feats: int, res_scale: float, dtype,
+                loop_backward: bool):
   for i in range(count):
-    x = block(n_feats, res_scale, dtype, name=f"{name}_{i}")(x)
+    x = block(n_feats, res_scale, dtype, loop_backward, name=f"{name}_{i}")(x)
   return x
 
 
@@ -46,13 +50,16 @@ class SFE(nn.Module):
   res_scale: float = 1.0
   dtype: jnp.dtype = jnp.float32
   block: type = ResBlock
+  loop_backward: bool = False
 
   @nn.compact
   def __call__(self, x):
-    head = relu(Conv2d(self.n_feats, dtype=self.dtype, name="conv_head")(x))
+    conv = lambda name: Conv2d(self.n_feats, dtype=self.dtype, loop_backward=self.loop_backward,
+                               name=name)
+    head = relu(conv("conv_head")(x))
     y = _res_blocks(self.block, head, "RBs", self.num_res_blocks, self.n_feats, self.res_scale,
-                    self.dtype)
-    return Conv2d(self.n_feats, dtype=self.dtype, name="conv_tail")(y) + head
+                    self.dtype, self.loop_backward)
+    return conv("conv_tail")(y) + head
 
 
 class CSFI2(nn.Module):
@@ -60,10 +67,12 @@ class CSFI2(nn.Module):
 
   n_feats: int
   dtype: jnp.dtype = jnp.float32
+  loop_backward: bool = False
 
   @nn.compact
   def __call__(self, x1, x2):
-    conv = lambda name, k=3, s=1: Conv2d(self.n_feats, k, s, dtype=self.dtype, name=name)
+    conv = lambda name, k=3, s=1: Conv2d(self.n_feats, k, s, dtype=self.dtype,
+                                         loop_backward=self.loop_backward, name=name)
     x12 = relu(conv("conv12", 1)(upsample_bicubic(x1, 2)))
     x21 = relu(conv("conv21", 3, 2)(x2))
     x1 = relu(conv("conv_merge1")(_cat(x1, x21)))
@@ -76,10 +85,12 @@ class CSFI3(nn.Module):
 
   n_feats: int
   dtype: jnp.dtype = jnp.float32
+  loop_backward: bool = False
 
   @nn.compact
   def __call__(self, x1, x2, x3):
-    conv = lambda name, k=3, s=1: Conv2d(self.n_feats, k, s, dtype=self.dtype, name=name)
+    conv = lambda name, k=3, s=1: Conv2d(self.n_feats, k, s, dtype=self.dtype,
+                                         loop_backward=self.loop_backward, name=name)
     x12 = relu(conv("conv12", 1)(upsample_bicubic(x1, 2)))
     x13 = relu(conv("conv13", 1)(upsample_bicubic(x1, 4)))
     x21 = relu(conv("conv21", 3, 2)(x2))
@@ -95,10 +106,12 @@ class CSFI3(nn.Module):
 class MergeTail(nn.Module):
   n_feats: int
   dtype: jnp.dtype = jnp.float32
+  loop_backward: bool = False
 
   @nn.compact
   def __call__(self, x1, x2, x3):
-    conv = lambda feats, name, k=3: Conv2d(feats, k, dtype=self.dtype, name=name)
+    conv = lambda feats, name, k=3: Conv2d(feats, k, dtype=self.dtype,
+                                           loop_backward=self.loop_backward, name=name)
     x13 = relu(conv(self.n_feats, "conv13", 1)(upsample_bicubic(x1, 4)))
     x23 = relu(conv(self.n_feats, "conv23", 1)(upsample_bicubic(x2, 2)))
     y = relu(conv(self.n_feats, "conv_merge")(_cat(x3, x13, x23)))
@@ -121,42 +134,43 @@ class MainNet(nn.Module):
   res_scale: float = 1.0
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  loop_backward: bool = False  # see layers.conv2d
 
   @nn.compact
   def __call__(self, lr, s, t_lv3, t_lv2, t_lv1):
-    n, dt = self.n_feats, self.dtype
+    n, dt, lb = self.n_feats, self.dtype, self.loop_backward
     a, b, c, d = self.num_res_blocks
     rs = self.res_scale
-    conv = lambda feats, name: Conv2d(feats, dtype=dt, name=name)
+    conv = lambda feats, name: Conv2d(feats, dtype=dt, loop_backward=lb, name=name)
     wrap = nn.remat if self.remat else (lambda module: module)
     block, csfi2, csfi3, merge_tail = (wrap(m) for m in (ResBlock, CSFI2, CSFI3, MergeTail))
     s = s.astype(dt)
 
     # Stage 1 (1x): shallow features, soft-attention fusion with T_lv3, residual trunk.
-    f = SFE(n, a, rs, dt, block, name="SFE")(lr.astype(dt))
+    f = SFE(n, a, rs, dt, block, lb, name="SFE")(lr.astype(dt))
     f = f + conv(n, "conv11_head")(_cat(f, t_lv3.astype(dt))) * s
-    x11 = f + conv(n, "conv11_tail")(_res_blocks(block, f, "RB11", b, n, rs, dt))
+    x11 = f + conv(n, "conv11_tail")(_res_blocks(block, f, "RB11", b, n, rs, dt, lb))
 
     # Stage 2 (1x, 2x).
     x21 = x11
     x22 = relu(pixel_shuffle(conv(4 * n, "conv12")(x11)))
     x22 = x22 + conv(n, "conv22_head")(_cat(x22, t_lv2.astype(dt))) * upsample_bicubic(s, 2)
-    r1, r2 = csfi2(n, dt, name="ex12")(x21, x22)
+    r1, r2 = csfi2(n, dt, lb, name="ex12")(x21, x22)
     for i in range(c):
-      r1 = block(n, rs, dt, name=f"RB21_{i}")(r1)
-      r2 = block(n, rs, dt, name=f"RB22_{i}")(r2)
+      r1 = block(n, rs, dt, lb, name=f"RB21_{i}")(r1)
+      r2 = block(n, rs, dt, lb, name=f"RB22_{i}")(r2)
     x21, x22 = x21 + conv(n, "conv21_tail")(r1), x22 + conv(n, "conv22_tail")(r2)
 
     # Stage 3 (1x, 2x, 4x).
     x31, x32 = x21, x22
     x33 = relu(pixel_shuffle(conv(4 * n, "conv23")(x22)))
     x33 = x33 + conv(n, "conv33_head")(_cat(x33, t_lv1.astype(dt))) * upsample_bicubic(s, 4)
-    r1, r2, r3 = csfi3(n, dt, name="ex123")(x31, x32, x33)
+    r1, r2, r3 = csfi3(n, dt, lb, name="ex123")(x31, x32, x33)
     for i in range(d):
-      r1 = block(n, rs, dt, name=f"RB31_{i}")(r1)
-      r2 = block(n, rs, dt, name=f"RB32_{i}")(r2)
-      r3 = block(n, rs, dt, name=f"RB33_{i}")(r3)
+      r1 = block(n, rs, dt, lb, name=f"RB31_{i}")(r1)
+      r2 = block(n, rs, dt, lb, name=f"RB32_{i}")(r2)
+      r3 = block(n, rs, dt, lb, name=f"RB33_{i}")(r3)
     x31 = x31 + conv(n, "conv31_tail")(r1)
     x32 = x32 + conv(n, "conv32_tail")(r2)
     x33 = x33 + conv(n, "conv33_tail")(r3)
-    return merge_tail(n, dt, name="merge_tail")(x31, x32, x33).astype(jnp.float32)
+    return merge_tail(n, dt, lb, name="merge_tail")(x31, x32, x33).astype(jnp.float32)

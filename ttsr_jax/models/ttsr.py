@@ -42,11 +42,12 @@ class TTSR(nn.Module):
   search_chunk_size: int = 0
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  loop_backward: bool = False  # see layers.conv2d
 
   def setup(self):
-    self.LTE = LTE(self.lte_reduce_lv3, self.dtype)
+    self.LTE = LTE(self.lte_reduce_lv3, self.dtype, self.loop_backward)
     self.MainNet = MainNet(self.n_feats, tuple(self.num_res_blocks), self.res_scale, self.dtype,
-                           self.remat)
+                           self.remat, self.loop_backward)
 
   def __call__(self, lr, lrsr, ref, refsr, index: Optional[jnp.ndarray] = None) -> TTSROutput:
     """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests)."""

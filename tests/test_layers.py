@@ -1,0 +1,54 @@
+"""`layers.conv2d`'s hand-written backward pass against XLA's own convolution gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ttsr_jax.models import layers
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _xla_conv(x, kernel, stride, padding):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=HIGHEST)
+
+
+# Every (kernel, stride) pair of the model: 3x3 and 1x1 convs, stride-2 3x3 convs (CSFI, D),
+# on odd and even sizes so that strided windows leave a row and a column out.
+@pytest.mark.parametrize("kernel_size,stride,hw", [(3, 1, (9, 7)), (1, 1, (6, 5)),
+                                                   (3, 2, (10, 9)), (3, 2, (11, 12))])
+def test_first_and_second_derivatives_match_xla(kernel_size, stride, hw):
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (2, *hw, 3))
+  kernel = jax.random.normal(keys[1], (kernel_size, kernel_size, 3, 4))
+  padding = kernel_size // 2
+
+  def objective(conv):
+    return lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel, stride, padding)))
+
+  ours = objective(lambda *a: layers.conv2d(*a, HIGHEST))
+  xla = objective(_xla_conv)
+  np.testing.assert_array_equal(ours(x, kernel), xla(x, kernel))
+  for a, b in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(xla, (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+  # The WGAN-GP penalty differentiates an input gradient with respect to the kernel.
+  def penalty(f):
+    return lambda kernel: jnp.sum(jax.grad(f)(x, kernel) ** 2)
+
+  a, b = jax.grad(penalty(ours))(kernel), jax.grad(penalty(xla))(kernel)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_loop_backward_modules_compute_the_same_function():
+  x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+  plain, looped = layers.Conv2d(4, 3, 2), layers.Conv2d(4, 3, 2, loop_backward=True)
+  params = plain.init(jax.random.key(1), x)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      looped.init(jax.random.key(1), x))
+  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(params)
+  for a, b in zip(jax.tree_util.tree_leaves(grad(plain)), jax.tree_util.tree_leaves(grad(looped))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,65 @@
+"""Gradient accumulation (`config.microbatches`): the same step as the whole batch at once."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from ttsr_jax import sharding, step
+
+
+def _tiny_config(microbatches: int):
+  config = default.get_config()
+  config.model.n_feats = 8
+  config.model.num_res_blocks = (1, 1, 1, 1)
+  config.loss.update(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3, gan_k=2)
+  config.train_crop_size = 8  # D sees 32x32
+  config.batch_size = 4
+  config.microbatches = microbatches
+  # As in test_sharding: Adam's first step moves entries whose gradient is float noise by about
+  # lr * sign(g); a larger eps keeps the update proportional to g there.
+  config.optim.eps = 1e-3
+  return config
+
+
+def test_split_and_merge_microbatches():
+  x = np.arange(12)
+  split = step.split_microbatches({"x": x}, 3)["x"]
+  # Microbatch k holds rows k, k + 3, ...: with the batch split over devices in contiguous
+  # blocks, every microbatch has an equal share of each device's rows.
+  np.testing.assert_array_equal(split, [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
+  np.testing.assert_array_equal(step.merge_microbatches(split), x)
+
+
+def test_microbatched_step_matches_whole_batch():
+  """All losses and two D updates: sr, the D inputs, epsilons and hr must stay paired."""
+  rng = np.random.RandomState(0)
+  hr = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+  ref = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+  batch = dict(lr=hr[:, ::4, ::4], lrsr=hr * 0.9, hr=hr, ref=ref, refsr=ref * 0.9)
+  epsilons = rng.uniform(0, 1, (2, 4)).astype(np.float32)
+  whole = _tiny_config(1)
+  vgg_params = step.init_vgg_params(whole, jax.random.PRNGKey(1))
+  results = []
+  for config in (whole, _tiny_config(2)):
+    state = step.create_train_state(config, vgg_params, steps_per_epoch=1)
+    train_step = jax.jit(step.make_train_step(config, 1, warmup=False))
+    results.append(jax.device_get(train_step(state, batch, vgg_params, epsilons)))
+  (state_1, metrics_1), (state_2, metrics_2) = results
+  assert metrics_1.keys() == metrics_2.keys()
+  for name in metrics_1:
+    np.testing.assert_allclose(metrics_2[name], metrics_1[name], rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+  for a, b in zip(jax.tree_util.tree_leaves((state_1.g_params, state_1.d_params)),
+                  jax.tree_util.tree_leaves((state_2.g_params, state_2.d_params))):
+    np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_microbatches_must_divide_the_batch():
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  sharding.check_batch_size(9, mesh, microbatches=3)
+  with pytest.raises(ValueError, match=r"batch_size 9 is not divisible by 1 devices x 2 "
+                                       r"microbatches; choose a multiple of 2"):
+    sharding.check_batch_size(9, mesh, microbatches=2)
+  with pytest.raises(ValueError, match="microbatches must be at least 1"):
+    sharding.check_batch_size(9, mesh, microbatches=0)
