@@ -10,12 +10,6 @@ from ttsr_jax.models import layers
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _xla_conv(x, kernel, stride, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision=HIGHEST)
-
-
 # Every (kernel, stride) pair of the model: 3x3 and 1x1 convs, stride-2 3x3 convs (CSFI, D),
 # on odd and even sizes so that strided windows leave a row and a column out.
 @pytest.mark.parametrize("kernel_size,stride,hw", [(3, 1, (9, 7)), (1, 1, (6, 5)),
@@ -30,7 +24,7 @@ def test_first_and_second_derivatives_match_xla(kernel_size, stride, hw):
     return lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel, stride, padding)))
 
   ours = objective(lambda *a: layers.conv2d(*a, HIGHEST))
-  xla = objective(_xla_conv)
+  xla = objective(lambda *a: layers.xla_conv2d(*a, HIGHEST))
   np.testing.assert_array_equal(ours(x, kernel), xla(x, kernel))
   for a, b in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(xla, (0, 1))(x, kernel)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))

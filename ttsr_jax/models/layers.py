@@ -33,7 +33,9 @@ def _precision(dtype) -> jax.lax.Precision:
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-def _xla_conv(x, kernel, stride, padding, precision):
+def xla_conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
+               precision: jax.lax.Precision) -> jnp.ndarray:
+  """A square NHWC/HWIO convolution with XLA's own gradients."""
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
                                       dimension_numbers=_DIMENSIONS, precision=precision)
 
@@ -51,11 +53,11 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
   convolutions), and the kernel gradient one matrix product per kernel row. Both are written
   with `conv2d` and dots, so the second derivative (the WGAN-GP penalty) stays fast too.
   """
-  return _xla_conv(x, kernel, stride, padding, precision)
+  return xla_conv2d(x, kernel, stride, padding, precision)
 
 
 def _conv2d_fwd(x, kernel, stride, padding, precision):
-  return _xla_conv(x, kernel, stride, padding, precision), (x, kernel)
+  return xla_conv2d(x, kernel, stride, padding, precision), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, precision, residuals, dy):
@@ -118,7 +120,7 @@ class Conv2d(nn.Module):
     kernel = self.param("kernel", _torch_uniform(fan_in),
                         (self.kernel_size, self.kernel_size, in_features, self.features))
     bias = self.param("bias", _torch_uniform(fan_in), (self.features,))
-    conv = conv2d if self.loop_backward else _xla_conv
+    conv = conv2d if self.loop_backward else xla_conv2d
     y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
              self.kernel_size // 2, _precision(self.dtype))
     return y + bias.astype(self.dtype)

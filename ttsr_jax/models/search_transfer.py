@@ -43,16 +43,22 @@ def _relevance_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) ->
 
   def block_argmax(q_block):
     scores = jnp.einsum("nqd,nkd->nqk", q_block, keys, precision=precision)
-    return jnp.argmax(scores, axis=-1)
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
-  n, num_queries, dim = query.shape
+  n, num_queries, _ = query.shape
   if chunk_size <= 0 or chunk_size >= num_queries:
     return block_argmax(query)
+
+  def block(i, index):
+    # Slices of the query array itself (no padded or reordered copy of it). The last block
+    # starts early enough to end at the last query; the rows it shares with the block before
+    # get the same values again.
+    start = jnp.minimum(i * chunk_size, num_queries - chunk_size)
+    queries = jax.lax.dynamic_slice_in_dim(query, start, chunk_size, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(index, block_argmax(queries), start, axis=1)
+
   num_blocks = -(-num_queries // chunk_size)
-  padded = jnp.pad(query, ((0, 0), (0, num_blocks * chunk_size - num_queries), (0, 0)))
-  blocks = padded.reshape(n, num_blocks, chunk_size, dim).transpose(1, 0, 2, 3)
-  index = jax.lax.map(block_argmax, blocks)  # (num_blocks, N, chunk)
-  return index.transpose(1, 0, 2).reshape(n, -1)[:, :num_queries]
+  return jax.lax.fori_loop(0, num_blocks, block, jnp.zeros((n, num_queries), jnp.int32))
 
 
 def search(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, chunk_size: int = 0,
