@@ -40,6 +40,9 @@ def normalizer(mesh: jax.sharding.Mesh) -> Callable[[Batch], Batch]:
   return jax.jit(jax.shard_map(_normalize, mesh=mesh, in_specs=spec, out_specs=spec))
 
 
+_JOIN_TIMEOUT_S = 30.0
+
+
 def prefetch(items: Iterable[T], size: int) -> Iterator[T]:
   """Produces `items` in a background thread, at most `size` ahead of the consumer."""
   buffer: queue.Queue = queue.Queue(maxsize=size)
@@ -67,7 +70,8 @@ def prefetch(items: Iterable[T], size: int) -> Iterator[T]:
       traceback.clear_frames(error.__traceback__)
       put(("error", error))
 
-  threading.Thread(target=produce, daemon=True).start()
+  producer = threading.Thread(target=produce, daemon=True)
+  producer.start()
   try:
     while True:
       kind, payload = buffer.get()
@@ -77,8 +81,11 @@ def prefetch(items: Iterable[T], size: int) -> Iterator[T]:
         raise payload
       yield payload
   finally:
-    # The consumer may stop early; release the producer instead of leaving it blocked.
+    # The consumer may stop early (SIGTERM); release the producer and wait for it to finish the
+    # item in hand. A producer still inside tf.data when the interpreter exits aborts the
+    # process ("FATAL: exception not rethrown") after the checkpoint has been written.
     stop.set()
+    producer.join(timeout=_JOIN_TIMEOUT_S)
 
 
 def to_device(host_batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,

@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from conftest import load_case
 from data_pipeline import cufed
 from data_pipeline import cufed5
+from data_pipeline import device
 from data_pipeline import files
 from data_pipeline import make_demo
 from data_pipeline import samples
@@ -388,3 +390,21 @@ def test_test_group_missing_a_reference_level(tmp_path):
       f"{directory / '000_3.png'}: reference missing, expected levels 1-5 beside 000_0.png "
       "(missing: 000_3.png)")):
     list(cufed5.level_samples(tmp_path))
+
+
+def test_prefetch_stops_its_producer_when_the_consumer_stops():
+  produced = []
+
+  def items():
+    for i in range(1000):
+      produced.append(i)
+      yield i
+
+  threads_before = threading.active_count()
+  batches = device.prefetch(items(), 2)
+  assert [next(batches) for _ in range(3)] == [0, 1, 2]
+  batches.close()  # what a SIGTERM return from the training loop does
+  # The producer has finished (a thread still inside tf.data at exit aborts the process), and
+  # it ran at most the queue size plus the item in hand ahead of the consumer.
+  assert threading.active_count() == threads_before
+  assert len(produced) <= 3 + 2 + 1
