@@ -4,21 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
+import tiny_configs
 from ttsr_jax import sharding, step
 
 
 def _tiny_config(microbatches: int):
-  config = default.get_config()
-  config.model.n_feats = 8
-  config.model.num_res_blocks = (1, 1, 1, 1)
-  config.loss.update(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3, gan_k=2)
-  config.train_crop_size = 8  # D sees 32x32
-  config.batch_size = 4
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=4)  # D sees 32x32
   config.microbatches = microbatches
-  # As in test_sharding: Adam's first step moves entries whose gradient is float noise by about
-  # lr * sign(g); a larger eps keeps the update proportional to g there.
-  config.optim.eps = 1e-3
   return config
 
 

@@ -46,8 +46,8 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
   """A square NHWC/HWIO convolution whose backward pass is written as forward convolutions
   and matrix products.
 
-  XLA:CPU runs its own input- and kernel-gradient convolutions 7x and 40x slower inside a
-  loop body (lax.scan, as in gradient accumulation) than outside, while forward convolutions
+  XLA:CPU runs its own input- and kernel-gradient convolutions about 9x and 46x slower inside
+  a loop body (lax.scan, as in gradient accumulation) than outside (bench/conv_backward.py), while forward convolutions
   and dots keep their speed. Here the input gradient is a forward convolution of the output
   gradient with the flipped, transposed kernel (the zero-interleaved output gradient for strided
   convolutions), and the kernel gradient one matrix product per kernel row. Both are written
@@ -87,7 +87,7 @@ def _kernel_gradient(x, dy, k, stride, padding, precision):
   n, out_h, out_w, out_c = dy.shape
   c = x.shape[-1]
   padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  _, padded_h, padded_w, _ = padded.shape
+  padded_w = padded.shape[2]
   span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
   # dy on the padded input's grid, once per kernel column j (shifted right by j), side by side:
   # (N, span_h, padded_w, k * out_c). Built from dy, so it is made when dy arrives, not kept
