@@ -5,7 +5,7 @@
 # Train-step variants share one process per line (a start-up each would cost a minute); their
 # "dev peak" column is therefore a running maximum, and XLA memory is the per-program figure.
 #
-#   bash bench/gpu.sh            (from the checkout; TTSR_SHARED_DIR=DIR if ../shared is elsewhere)
+#   bash bench/gpu.sh            (from the checkout)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -2,7 +2,7 @@
 
   python -m bench.search_memory [--cases demo,720p] [--chunk 4096] [--cli]
 
-Cases: `demo` is the shipped pair of ../shared/data/demo (LR 125x88 -> output 500x352, reference
+Cases: `demo` is the shipped pair of assets/demo (LR 125x88 -> output 500x352, reference
 500x370 cropped to 500x368); `720p` resizes the same photos to LR 320x180 (output 1280x720) and
 a 1280x720 reference, which needs the chunked exact search (the whole relevance matrix would
 be 57600 x 57600 floats, 13 GB). Each case runs in its own process so its peak RSS is its own;
@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-DEMO = pathlib.Path(os.environ.get("TTSR_SHARED_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared")) / "data" / "demo"
+DEMO = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo"
 CASES = {"demo": None, "720p": ((180, 320), (720, 1280))}  # (LR HxW, reference HxW)
 
 

@@ -1,6 +1,16 @@
-"""Comparisons against ../shared/parity's golden arrays (NCHW, some stored compactly)."""
+"""Comparisons against the golden arrays of tests/golden (NCHW, some stored compactly)."""
+
+import pathlib
 
 import numpy as np
+
+GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / "golden"  # see golden/README.md
+
+
+def load_case(name: str) -> dict[str, np.ndarray]:
+  """Loads one golden `.npz` fully into memory."""
+  with np.load(GOLDEN_DIR / name) as data:
+    return {k: data[k] for k in data.files}
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:

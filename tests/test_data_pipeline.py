@@ -17,7 +17,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import load_case
 from data_pipeline import cufed
 from data_pipeline import cufed5
 from data_pipeline import device
@@ -25,6 +24,7 @@ from data_pipeline import files
 from data_pipeline import make_demo
 from data_pipeline import samples
 from data_pipeline import train
+from parity import load_case
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The reference's names for the sample entries in case f.

@@ -12,13 +12,13 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from conftest import load_case
 from configs.default import get_config
 from data_pipeline import samples
 from ttsr_jax import convert
 from ttsr_jax import infer
 from ttsr_jax import step as step_lib
 from ttsr_jax.models.ttsr import TTSR
+from parity import load_case
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import load_case
+from parity import load_case
 from ttsr_jax import metrics
 
-# ../shared/parity/README.md section 5.
+# tests/golden/README.md, tolerances.
 PSNR_TOL_DB = 1e-4
 SSIM_TOL = 1e-7
 

@@ -1,4 +1,4 @@
-"""The Flax TTSR against the reference's own outputs (../shared/parity cases a and b)."""
+"""The Flax TTSR against the reference's own outputs (tests/golden cases a and b)."""
 
 import functools
 
@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from parity import assert_feature_close, nchw, nhwc
-from conftest import load_case
+from parity import assert_feature_close, load_case, nchw, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.ttsr import TTSR, to_unit_range

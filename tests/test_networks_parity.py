@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_case
-from parity import assert_feature_close, nhwc
+from parity import assert_feature_close, load_case, nhwc
 from recipes import discriminator_state_dict, vgg19_state_dict
 from ttsr_jax import convert
 from ttsr_jax.models.discriminator import Discriminator

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_case
-from parity import nhwc
+from parity import load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.search_transfer import search, transfer, unfold3x3

@@ -1,4 +1,4 @@
-"""Losses, WGAN-GP, gradients and one optimiser step against ../shared/parity cases c, d and e."""
+"""Losses, WGAN-GP, gradients and one optimiser step against tests/golden cases c, d and e."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,7 @@ import optax
 import pytest
 
 from configs import default
-from conftest import load_case
-from parity import nhwc
+from parity import load_case, nhwc
 from recipes import discriminator_state_dict, vgg19_state_dict
 from ttsr_jax import convert, losses, step
 from ttsr_jax.models.ttsr import TTSR
