@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.4,<2.5",
     "pillow==13.0.0",
     "scikit-image>=0.26,<0.27",  # real photos for the demo dataset
+    "tqdm>=4.60",  # make_pairs' progress bars (tensorflow-datasets installs it too)
     "matplotlib>=3.9",
     "importlib_resources",  # tensorflow-datasets needs it to prepare datasets but does not declare it
 ]

@@ -10,6 +10,9 @@ Modules (import the one you need; only `cufed`, `train` and `prepare` import Ten
   device     host batches to normalised, globally sharded jax.Arrays, prefetched (no TF)
   cufed5     CUFED5 test samples: one reference level, or all five stitched together
   make_demo  `python -m data_pipeline.make_demo`: a small CUFED-layout dataset from skimage photos
+  pairs      the rules of make_demo and make_pairs: photos to training pairs and test groups
+  make_pairs `python -m data_pipeline.make_pairs`: a CUFED-layout dataset from any photo folder
+  similarity the most similar photo of a collection by VGG19 features (imports JAX)
 
 docs/data.md describes the layout, the commands, determinism and the test protocols.
 """

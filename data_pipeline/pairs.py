@@ -22,8 +22,9 @@ decreasing similarity:
      outside the group (when given), else of a random photo outside the group,
   5: a window of a random photo outside the group.
 References 3 to 5 come from training bands. Every draw comes from one NumPy generator seeded with
-`seed` and depends only on the photos' names, sizes and groups, so the same seed gives the same
-files; the pixels are read once per photo when its windows are cut.
+`seed` and depends only on the photos' order, sizes and groups (and the similar photos given), so
+the same seed gives the same files. All windows are drawn first; then each photo is read once and
+its windows cut, so a collection need not fit in memory.
 """
 
 import dataclasses
@@ -142,7 +143,7 @@ class _Planner:
     usable = [n for n in self.names if self.bands[n].fits(patch_size, patch_size, train=True)]
     if pairs and not usable:
       raise ValueError(f"patch_size {patch_size}: no photo has a training band that large")
-    cuts, width = [], max(6, len(str(pairs - 1)))
+    cuts, digits = [], max(6, len(str(pairs - 1)))
     for i in range(pairs):
       name = usable[i % len(usable)]
       top, left = self.bands[name].window(rng, patch_size, patch_size, train=True)
@@ -157,9 +158,9 @@ class _Planner:
       else:
         ref_top, ref_left = self.bands[source].window(rng, round(ref_h / scale),
                                                       round(ref_w / scale), train=True)
-      cuts.append(self.cut(f"train/input/{i:0{width}d}.png", name, top, left, patch_size,
+      cuts.append(self.cut(f"train/input/{i:0{digits}d}.png", name, top, left, patch_size,
                            patch_size))
-      cuts.append(self.cut(f"train/ref/{i:0{width}d}.png", source, ref_top, ref_left, ref_h,
+      cuts.append(self.cut(f"train/ref/{i:0{digits}d}.png", source, ref_top, ref_left, ref_h,
                            ref_w, scale))
     return cuts
 
@@ -169,13 +170,13 @@ class _Planner:
                     height, width)
 
   def test(self, groups: int, size: int, rng: np.random.Generator) -> list[_Cut]:
-    cuts, count, width = [], len(self.names), max(3, len(str(groups - 1)))
+    cuts, count, digits = [], len(self.names), max(3, len(str(groups - 1)))
     for g in range(groups):
       name = self.names[g % count]
       bands = self.bands[name]
       top, left, bottom, right = bands.band(train=False)
-      height, width_ = min(size, bottom - top), min(size, right - left)
-      top, left = bands.window(rng, height, width_, train=False)
+      height, width = min(size, bottom - top), min(size, right - left)
+      top, left = bands.window(rng, height, width, train=False)
       others = [n for n in self.names if self.group[n] != self.group[name]]
       if len(others) < 2:  # a collection of one group: any other photo, or the photo itself
         others = [n for n in self.names if n != name] or [name]
@@ -187,19 +188,19 @@ class _Planner:
       else:
         near = self.similar.get(name, stranger)
       far = far_stranger if far_stranger != near else stranger
-      prefix = f"test/CUFED5/{g:0{width}d}"
-      first = (self.cut(f"{prefix}_1.png", self.mates[name][0], top, left, height, width_,
+      prefix = f"test/CUFED5/{g:0{digits}d}"
+      first = (self.cut(f"{prefix}_1.png", self.mates[name][0], top, left, height, width,
                         train=False) if self.aligned(name) else
-               self.cut(f"{prefix}_1.png", name, top - height // 4, left - width_ // 4, height,
-                        width_, train=False))
+               self.cut(f"{prefix}_1.png", name, top - height // 4, left - width // 4, height,
+                        width, train=False))
       cuts += [
-          self.cut(f"{prefix}_0.png", name, top, left, height, width_, train=False),
+          self.cut(f"{prefix}_0.png", name, top, left, height, width, train=False),
           first,
-          self.cut(f"{prefix}_2.png", name, top - height // 2, left + width_ // 2, height,
-                   width_, scale=0.8, train=False),
-          self._random_window(f"{prefix}_3.png", name, height, width_, rng),
-          self._random_window(f"{prefix}_4.png", near, height, width_, rng),
-          self._random_window(f"{prefix}_5.png", far, height, width_, rng),
+          self.cut(f"{prefix}_2.png", name, top - height // 2, left + width // 2, height,
+                   width, scale=0.8, train=False),
+          self._random_window(f"{prefix}_3.png", name, height, width, rng),
+          self._random_window(f"{prefix}_4.png", near, height, width, rng),
+          self._random_window(f"{prefix}_5.png", far, height, width, rng),
       ]
     return cuts
 

@@ -174,6 +174,21 @@ def test_no_test_pixel_is_ever_a_training_input(made):
   assert tested == set(CODES)
 
 
+def test_photos_of_a_group_give_each_other_references(made):
+  """a/b/three.png (grey) is the first photo and shares group a/b with two.webp (blue 210):
+  its second training pair (index 7: pairs cycle through the 7 photos) and its test group's
+  level-4 reference come from two.webp."""
+  out, _ = made
+
+  def from_two(path: pathlib.Path) -> bool:  # bicubic resizing may move a flat channel by one
+    return bool((abs(read(path)[..., 2].astype(int) - CODES["a/b/two.webp"]) <= 1).all())
+
+  inputs, refs = zip(*files.train_pairs(out))
+  assert not from_two(inputs[7]) and from_two(refs[7])
+  assert not from_two(refs[0])  # the first pair's reference is the photo itself
+  assert from_two(files.cufed5_groups(out)[0].refs[3])
+
+
 def test_the_same_seed_gives_byte_identical_files(made, collection, tmp_path):
   out, _ = made
   assert run(collection, tmp_path / "again") == 0
