@@ -40,6 +40,13 @@ def _positive(text: str) -> int:
   return value
 
 
+def _count(text: str) -> int:
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{text}: expected 0 or a positive integer")
+  return value
+
+
 def _fraction(text: str) -> float:
   value = float(text)
   if not 0 < value < 1:
@@ -60,12 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="training pairs cut from each photo")
   parser.add_argument("--test_fraction", type=_fraction, default=pairs.DEFAULT_TEST_FRACTION,
                       help="part of each photo's longer side held out for its test image")
-  parser.add_argument("--test_groups", type=int, default=0,
+  parser.add_argument("--test_groups", type=_count, default=0,
                       help="CUFED5 test groups, taken from the photos in path order "
                       "(0: one per photo)")
   parser.add_argument("--test_size", type=_positive, default=240,
                       help="largest side of a test image and its references")
-  parser.add_argument("--max_side", type=int, default=0,
+  parser.add_argument("--max_side", type=_count, default=0,
                       help="first shrink (bicubic) photos whose longer side is larger than this "
                       "(e.g. 500 for camera photos, so that a patch holds more than a detail); "
                       "0 keeps sizes")
@@ -90,13 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _make(args: argparse.Namespace, skipped: list[str]) -> tuple[pathlib.Path, list[pairs.Photo]]:
   """Makes the dataset; appends the skipped files' lines to `skipped` as soon as they are known."""
-  pairs.check_new_directory(args.out)  # checked before the long work starts, as the weights
+  pairs.check_new_directory(args.out)  # before the long work starts (the weights too, next)
   if args.similar:
     # Imported here: JAX starts only when it is needed.
     from data_pipeline import similarity  # pylint: disable=import-outside-toplevel
     try:
       vgg_params = similarity.vgg_params(args.vgg19_weights, args.seed)
-    except ValueError as error:  # not VGG19 weights, or not an .npz / .pt at all
+    except (ValueError, ImportError) as error:  # not VGG19 weights; a .pt without torch
       raise files.DatasetError(
           f"--vgg19_weights {args.vgg19_weights}: expected VGG19 weights converted by "
           f"python -m ttsr_jax.tools.vgg19 ({error})") from None
