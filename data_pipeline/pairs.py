@@ -10,8 +10,8 @@ times the patch on each side, seen at a scale of 0.75 to 1.25, cut from the phot
 sources in turn:
   * an aligned group: the other views, at the window shifted by up to half a patch;
   * otherwise: the photo itself (the window shifted by up to half a patch), then each other photo
-    of its group, then (when given) the most similar photo outside its group, each at a random
-    window of its training band.
+    of its group, then (when given) the most similar photo outside its group; other photos give
+    a random window of their training band.
 Test group: a window of a photo's test band (sides up to test_size) and five references of
 decreasing similarity:
   1: the same window moved by a quarter of its size (for an aligned group: the other view's
