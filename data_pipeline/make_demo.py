@@ -14,7 +14,8 @@ similarity:
   2: the window moved by half its size and rescaled by 0.8,
   3: a window of the same photo that does not overlap the test image,
   4, 5: windows of two other photos.
-DIR must be new or empty. Unless --no_prepare, the `cufed` TFDS dataset is then prepared in DIR/tfds.
+DIR must be new or empty. Unless --no_prepare, the `cufed` TFDS dataset is then prepared in
+DIR/tfds.
 """
 
 import argparse
