@@ -8,13 +8,7 @@ Any config field can be overridden, e.g. `--config.batch_size=4`; a mistyped fie
 Training resumes from the workdir's checkpoints by itself. docs/training.md has the details.
 """
 
-import os
-
-# tf.data feeds the input pipeline; keep its C++ start-up logs quiet (before TF is imported).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import logging as py_logging  # pylint: disable=g-import-not-at-top
+import logging as py_logging
 import sys
 
 from absl import app

@@ -61,7 +61,7 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   config.microbatches = microbatches
   config.num_init_epochs = 0
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(batch, mesh, microbatches)
+  sharding.check_batch_size(batch, mesh.size, microbatches)
   vgg_params = step.init_vgg_params(config, jax.random.PRNGKey(1))
   state = jax.device_put(step.create_train_state(config, vgg_params, 1000), sharding.replicated(mesh))
   rng = np.random.RandomState(0)

@@ -45,8 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_init_epochs = 2  # warm-up epochs with the reconstruction loss only
   config.num_epochs = 1
 
-  # Run settings: the reference's train.sh values (save_every, val_every; TTSR_SPEC 7) where it has
-  # them.
+  # Run settings: the reference's train.sh values (save_every, val_every) where it has them.
   config.eval_every = 10  # main epochs between CUFED5 evaluations (also after the last); 0 = never
   config.checkpoint_every = 10  # epochs between checkpoints (also after evaluations and the last)
   config.keep_checkpoints = 3  # latest checkpoints kept, besides the best by PSNR

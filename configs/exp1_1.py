@@ -1,7 +1,7 @@
 """Exp1-1: TTSR with the reconstruction loss only, batch 8, 30 epochs.
 
-Source: the experiment list of issue 5 (the seed author's runs; batch 8 was the most a 6 GB GPU
-held with the rec loss, issue 7). Everything else is the reference's (TTSR_SPEC 4, 7).
+Source: the project's experiment list (docs/training.md, "Configs"; batch 8 was the most a 6 GB
+GPU held with the rec loss). Everything else is the reference's option.py and train.sh.
 """
 
 import ml_collections

@@ -1,9 +1,9 @@
 """Exp1-2: TTSR with all losses (rec 1, per 0.01, tpl 0.01, adv 0.01), batch 6, 2 warm-up + 30
 epochs.
 
-Source: the experiment list of issue 5 (the seed author's runs; batch 6 was the most a 6 GB GPU
-held with all losses, issue 7). Note adv_w 0.01, ten times train.sh's 1e-3. Everything else is the
-reference's (TTSR_SPEC 4, 7).
+Source: the project's experiment list (docs/training.md, "Configs"; batch 6 was the most a 6 GB
+GPU held with all losses). Note adv_w 0.01, ten times train.sh's 1e-3. Everything else is the
+reference's option.py and train.sh.
 """
 
 import ml_collections

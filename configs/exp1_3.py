@@ -1,8 +1,8 @@
 """Exp1-3: the reconstruction loss only with the LTE's extra 256->64 conv, batch 11, 30 epochs.
 
-Source: the experiment list of issue 5 (the seed author's memory-saving variant: a conv at the end
-of the LTE reduces lv3 from 256 to 64 channels, which let batch 11 fit, issue 7). Everything else
-is the reference's (TTSR_SPEC 4, 7).
+Source: the project's experiment list (docs/training.md, "Configs": a memory-saving variant whose
+conv at the end of the LTE reduces lv3 from 256 to 64 channels, which let batch 11 fit on a 6 GB
+GPU). Everything else is the reference's option.py and train.sh.
 
 Batch 11 no longer needs the architecture change: the unchanged model trains at batch 11 with
 `--config.microbatches=11` in 2.05 GB of XLA memory, all losses included (docs/benchmarks.md).

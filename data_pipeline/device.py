@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import samples
+from ttsr_jax import sharding
 
 T = TypeVar("T")
 Batch = dict[str, jax.Array]
@@ -34,7 +35,7 @@ def normalizer(mesh: jax.sharding.Mesh) -> Callable[[Batch], Batch]:
 
   There is one function per mesh, so every epoch reuses the compiled code.
   """
-  spec = jax.sharding.PartitionSpec("data")
+  spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
   # A gather from a sharded index array has no unambiguous output sharding under explicit mesh
   # axes, but each shard's lookup is local anyway: do it per shard.
   return jax.jit(jax.shard_map(_normalize, mesh=mesh, in_specs=spec, out_specs=spec))
@@ -101,8 +102,8 @@ def to_device(host_batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.
   Returns:
     An iterator of dicts `samples.IMAGE_KEYS` -> float32 (global batch, H, W, 3) jax.Arrays.
   """
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  batch_sharding = sharding.batch_sharding(mesh)
   normalize = normalizer(mesh)
-  batches = (normalize({key: jax.make_array_from_process_local_data(sharding, batch[key])
+  batches = (normalize({key: jax.make_array_from_process_local_data(batch_sharding, batch[key])
                         for key in samples.IMAGE_KEYS}) for batch in host_batches)
   return prefetch(batches, prefetch_size)

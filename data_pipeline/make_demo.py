@@ -14,8 +14,8 @@ similarity:
   2: the window moved by half its size and rescaled by 0.8,
   3: a window of the same photo that does not overlap the test image,
   4, 5: windows of two other photos.
-DIR must be new or empty. Unless --no_prepare, the `cufed` TFDS dataset is then prepared in
-DIR/tfds.
+DIR must be new or empty, or hold the same command's earlier output (then nothing is rewritten).
+Unless --no_prepare, the `cufed` TFDS dataset is then prepared in DIR/tfds.
 """
 
 import argparse
@@ -51,7 +51,8 @@ def demo_photos() -> list[pairs.Photo]:
 
 def make_demo(out: str | pathlib.Path, *, train_pairs: int = 480, patch_size: int = 160,
               test_groups: int = 9, test_size: int = 240, seed: int = 0) -> pathlib.Path:
-  """Writes the demo dataset in CUFED layout under `out` (new or empty) and returns that path."""
+  """Writes the demo dataset in CUFED layout under `out` (see `pairs.make_dataset`) and returns
+  that path."""
   return pairs.make_dataset(out, demo_photos(), train_pairs=train_pairs, patch_size=patch_size,
                             test_groups=test_groups, test_size=test_size, seed=seed,
                             aligned_groups=("motorcycle",))

@@ -14,7 +14,8 @@ other photos of its group and, with --similar, the photo outside its group with 
 VGG19 texture statistics, so that a folder of unrelated photos still gets meaningful references.
 The rules are those of the demo (`data_pipeline.pairs`, docs/data.md). Unreadable, too small and
 duplicate files are skipped and listed at the end. The same photos and seed give byte-identical
-files. DIR (--out) must be new or empty; it appears only once complete. Unless --no_prepare, the
+files. DIR (--out) must be new or empty (or hold this command's earlier output with the same
+settings, which is then kept); it appears only once complete. Unless --no_prepare, the
 `cufed` TFDS dataset is then prepared in DIR/tfds.
 """
 

@@ -29,6 +29,7 @@ its windows cut, so a collection need not fit in memory.
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -225,10 +226,16 @@ def _write_cuts(directory: pathlib.Path, cuts: list[_Cut], photos: Sequence[Phot
       Image.fromarray(window).save(path)
 
 
+# Written last into every dataset: the settings and photos it was made from, so that the same
+# command run again finds its work done instead of refusing the directory.
+MANIFEST = "dataset.json"
+
+
 def check_new_directory(out: str | os.PathLike) -> None:
-  """Raises FileExistsError unless `out` is a new or empty directory."""
+  """Raises FileExistsError unless `out` is a new or empty directory, or a dataset this module
+  wrote (`make_dataset` then compares its settings)."""
   out = pathlib.Path(out)
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / MANIFEST).is_file():
     raise FileExistsError(f"{out}: already exists, expected a new or empty directory")
 
 
@@ -240,7 +247,8 @@ def make_dataset(out: str | os.PathLike, photos: Sequence[Photo], *, train_pairs
   """Writes train/input, train/ref and test/CUFED5 under `out` (see the module docstring).
 
   Args:
-    out: a directory that does not exist yet (or is empty); it appears only once complete.
+    out: a directory that does not exist yet (or is empty); it appears only once complete. If it
+      holds a dataset made with the same settings and photos, nothing is written.
     photos: the photos, in the order that pairs and test groups cycle through them.
     train_pairs: training pairs, taken from the photos in turn (those whose training band holds a
       patch_size x patch_size window).
@@ -258,17 +266,28 @@ def make_dataset(out: str | os.PathLike, photos: Sequence[Photo], *, train_pairs
   """
   out = pathlib.Path(out)
   check_new_directory(out)
+  aligned_groups = frozenset(aligned_groups)
+  manifest = {"train_pairs": train_pairs, "patch_size": patch_size, "test_groups": test_groups,
+              "test_size": test_size, "seed": seed, "test_fraction": test_fraction,
+              "aligned_groups": sorted(aligned_groups), "similar": dict(sorted((similar or {}).items())),
+              "photos": [[p.name, p.height, p.width, p.group] for p in photos]}
+  if (out / MANIFEST).is_file():
+    if json.loads((out / MANIFEST).read_text()) != manifest:
+      raise FileExistsError(f"{out}: holds a dataset made from other photos or settings "
+                            f"({out / MANIFEST}); choose a new directory")
+    return out
   if not 0 < test_fraction < 1:
     raise ValueError(f"test_fraction {test_fraction}: expected a number between 0 and 1")
   if not photos:
     raise ValueError("no photos: expected at least one")
   rng = np.random.default_rng(seed)
-  planner = _Planner(photos, test_fraction, frozenset(aligned_groups), similar)
+  planner = _Planner(photos, test_fraction, aligned_groups, similar)
   cuts = planner.train(train_pairs, patch_size, rng) + planner.test(test_groups, test_size, rng)
   out.parent.mkdir(parents=True, exist_ok=True)
   scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
   try:
     _write_cuts(scratch, cuts, photos, progress)
+    (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     scratch.replace(out)
   except BaseException:
     shutil.rmtree(scratch, ignore_errors=True)

@@ -13,7 +13,8 @@ from data_pipeline import files
 SCALE = 4
 DEFAULT_PATCH_SIZE = 160  # CUFED's training patches
 MULTI_REFERENCE_TILE = 500  # CUFED5 references are at most 500 pixels on a side
-IMAGE_KEYS = ("lr", "lrsr", "hr", "ref", "refsr")
+MODEL_INPUT_KEYS = ("lr", "lrsr", "ref", "refsr")  # in the order TTSR takes them
+IMAGE_KEYS = MODEL_INPUT_KEYS + ("hr",)  # a sample: the model inputs and the target
 
 # The reference normalises with float32(u8) / 127.5 - 1; a table of the 256 results lets every
 # consumer (NumPy here, the devices in `train`) produce exactly those bits whatever its arithmetic.

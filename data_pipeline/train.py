@@ -24,6 +24,7 @@ from data_pipeline import cufed
 from data_pipeline import device
 from data_pipeline import files
 from data_pipeline import samples
+from ttsr_jax import sharding
 
 # Salts that separate the two random streams drawn from the same (seed, epoch).
 _ORDER_SALT = 0
@@ -223,9 +224,7 @@ def train_iterator(shard: TrainShard, *, seed: int, epoch: int, global_batch_siz
   if shard.process_count != jax.process_count():
     raise ValueError(f"shard of {shard.process_count} processes: expected jax.process_count() = "
                      f"{jax.process_count()}")
-  if global_batch_size % mesh.shape["data"]:
-    raise ValueError(f"global batch size {global_batch_size}: expected a multiple of the "
-                     f"{mesh.shape['data']} devices on mesh axis 'data'")
+  sharding.check_batch_size(global_batch_size, mesh.shape[sharding.DATA_AXIS])
   dataset = train_dataset(shard, seed=seed, epoch=epoch, global_batch_size=global_batch_size,
                           start_batch=start_batch, augment=augment)
   return device.to_device(dataset.as_numpy_iterator(), mesh, prefetch)

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from test_train_loop import ROOT, load_config
+from data_pipeline import samples
+from tiny_runs import ROOT, load_config
 from ttsr_jax import checkpoint
 from ttsr_jax import sharding
 from ttsr_jax import step
@@ -37,7 +38,7 @@ def test_config_builds_a_train_step(path):
   vgg = jax.eval_shape(lambda key: step.init_vgg_params(config, key), jax.random.PRNGKey(0))
   patch, low = 4 * config.train_crop_size, config.train_crop_size
   batch = {key: jax.ShapeDtypeStruct((config.batch_size, patch, patch, 3), jnp.float32)
-           for key in step.IMAGE_KEYS}
+           for key in samples.IMAGE_KEYS}
   batch["lr"] = jax.ShapeDtypeStruct((config.batch_size, low, low, 3), jnp.float32)
   # The main step (warm-up steps compute a subset of it) with every loss the config weights.
   train_step = step.make_train_step(config, steps_per_epoch=10, warmup=False)

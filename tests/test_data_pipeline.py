@@ -169,6 +169,7 @@ def test_epoch_order_is_a_permutation_that_depends_on_seed_and_epoch():
   assert list(order) != list(train.epoch_order(1, 0, 100))
 
 
+@pytest.mark.slow  # a second Python process
 def test_same_seed_and_epoch_give_identical_batches_in_another_process(tiny, shard):
   batches = epoch_batches(shard)
   assert len(batches) == shard.steps_per_epoch(TINY_BATCH) == shard.num_examples // TINY_BATCH

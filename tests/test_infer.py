@@ -119,6 +119,7 @@ def test_case_b_output_is_the_reference_png(case_b_files, tmp_path, capsys):
   np.testing.assert_array_equal(_read_png(out), want)
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_case_b_from_the_command_line(case_b_files, tmp_path):
   want, weights, lr, ref = case_b_files
   out = tmp_path / "cli" / "sr.png"
@@ -308,6 +309,7 @@ def test_pytorch_checkpoint_without_torch_is_a_one_line_error(tmp_path, pair, ca
   assert code == 1 and "needs torch" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_command_line_error_has_no_traceback(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "ttsr_jax.infer", "--checkpoint", tmp_path / "none.npz", "--lr",

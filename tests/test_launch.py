@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from test_train_loop import ROOT, load_config, restore_state, subprocess_env, write_tiny_run
+from tiny_runs import ROOT, load_config, restore_state, subprocess_env, write_tiny_run
 
 TRAIN_PAIRS = 8
 
 
 @pytest.fixture(scope="session")
-def tiny_config_file(tmp_path_factory) -> pathlib.Path:
+def launch_config_file(tmp_path_factory) -> pathlib.Path:
   return write_tiny_run(tmp_path_factory.mktemp("tiny_launch"), train_pairs=TRAIN_PAIRS)
 
 
@@ -26,6 +26,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                         env=env or subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs launch.py in a subprocess
 def test_mistyped_config_field_is_an_error(tmp_path):
   result = _run("--config=configs/demo.py", "--config.optim.learning_rate=1",
                 f"--workdir={tmp_path}")
@@ -34,6 +35,7 @@ def test_mistyped_config_field_is_an_error(tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # runs launch.py in a subprocess
 def test_pretrained_config_without_vgg_weights_stops_with_how_to(tmp_path):
   env = subprocess_env() | {"XDG_CACHE_HOME": str(tmp_path / "empty_cache")}
   result = _run("--config=configs/exp1_2.py", f"--workdir={tmp_path / 'run'}", env=env)
@@ -42,6 +44,7 @@ def test_pretrained_config_without_vgg_weights_stops_with_how_to(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # runs launch.py in a subprocess
 def test_eval_without_checkpoints_is_a_one_line_error(tmp_path):
   result = _run("--config=configs/demo.py", f"--workdir={tmp_path}", "--mode=eval")
   assert result.returncode == 1
@@ -61,13 +64,14 @@ def _shard_indices(log: str) -> set[int]:
   return {int(i) for i in match.group(1).split()}
 
 
-def test_two_processes_match_one_process_with_four_devices(tiny_config_file, tmp_path):
+@pytest.mark.slow  # three launch.py processes, two of them joined by jax.distributed
+def test_two_processes_match_one_process_with_four_devices(launch_config_file, tmp_path):
   # Two steps (two epochs of one batch holding the whole dataset). With one batch per epoch the
   # global batch has the same examples whatever the process count (only their order differs);
   # the reconstruction loss and the WGAN terms without the gradient penalty, whose interpolation
   # factors are drawn per batch position, are then independent of that order. The larger Adam
   # eps keeps entries whose gradient is float noise from moving by +-lr (see test_sharding.py).
-  overrides = [f"--config={tiny_config_file}", f"--config.batch_size={TRAIN_PAIRS}",
+  overrides = [f"--config={launch_config_file}", f"--config.batch_size={TRAIN_PAIRS}",
                "--config.num_init_epochs=0", "--config.num_epochs=2", "--config.eval_every=0",
                "--config.loss.per_w=0", "--config.loss.tpl_w=0", "--config.loss.gp_lambda=0",
                "--config.optim.eps=1e-3"]
@@ -99,7 +103,7 @@ def test_two_processes_match_one_process_with_four_devices(tiny_config_file, tmp
   assert len(shards[0]) == len(shards[1]) == TRAIN_PAIRS // 2
   assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(TRAIN_PAIRS))
 
-  config = load_config(tiny_config_file)
+  config = load_config(launch_config_file)
   two, one = restore_state(multi, config), restore_state(single, config)
   assert int(two.step) == int(one.step) == 2
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(two)[0],

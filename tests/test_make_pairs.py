@@ -10,6 +10,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from data_pipeline import files
+from data_pipeline import make_demo
 from data_pipeline import make_pairs
 from data_pipeline import pairs
 from data_pipeline import similarity
@@ -246,3 +247,13 @@ def test_most_similar_skips_the_photos_own_group():
   descriptor[3] = [0.9, 0.1, 0.0]
   assert similarity.most_similar(descriptor, ["g", "g", "h", "i"]) == [3, 3, 3, 0]
   assert similarity.most_similar(descriptor[:2], ["g", "g"]) == [None, None]
+
+
+def test_the_same_command_again_keeps_the_dataset_and_other_settings_are_refused(tmp_path):
+  out = make_demo.make_demo(tmp_path / "demo", train_pairs=2, patch_size=32, test_groups=1,
+                            test_size=48)
+  before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+  assert make_demo.make_demo(out, train_pairs=2, patch_size=32, test_groups=1, test_size=48) == out
+  assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+  with pytest.raises(FileExistsError, match="holds a dataset made from other photos or settings"):
+    make_demo.make_demo(out, train_pairs=3, patch_size=32, test_groups=1, test_size=48)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from parity import assert_feature_close, load_case, nhwc
+from parity import CRITIC_SCORE_ATOL, assert_feature_close, load_case, nhwc
 from recipes import discriminator_state_dict, vgg19_state_dict
 from ttsr_jax import convert
 from ttsr_jax.models.discriminator import Discriminator
@@ -32,8 +32,14 @@ def test_discriminator_matches_reference(case_c):
   model = Discriminator(160)
   params = convert.import_state_dict(state_dict, convert.abstract_params(model, jnp.zeros((1, 160, 160, 3))))
   sr = nhwc(load_case("a_forward.npz")["sr"])
+  want = case_c["D_sr_initialD"].reshape(1, 1)
   scores = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, sr)
-  np.testing.assert_allclose(np.asarray(scores), case_c["D_sr_initialD"].reshape(1, 1), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(scores), want, rtol=0, atol=CRITIC_SCORE_ATOL)
+  with jax.enable_x64(True):
+    params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+    model64 = Discriminator(160, dtype=jnp.float64)
+    scores64 = jax.jit(lambda p, x: model64.apply({"params": p}, x))(params64, sr.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(scores64), want, rtol=1e-7)
 
 
 def test_discriminator_rejects_other_sizes():

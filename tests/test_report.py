@@ -1,9 +1,9 @@
 """The experiment report of two tiny runs: tables with the numbers of the events, plots, sample
 grids from the best checkpoint, and partial reports of incomplete workdirs.
 
-The runs are real (train.train_and_evaluate on the tiny dataset of test_train_loop.py): one with
-every loss term, one with the reconstruction loss only that stops after its first epoch and is
-resumed, so its events span two files.
+The runs are real: a copy of the session's tiny all-losses run (conftest.uninterrupted), and one
+with the reconstruction loss only that stops after its first epoch and is resumed, so its events
+span two files. The tests that read them are slow.
 """
 
 import json
@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_pipeline import cufed5
-from test_train_loop import STEPS_PER_EPOCH, load_config, write_tiny_run
+from tiny_runs import STEPS_PER_EPOCH
 from ttsr_jax import report
 from ttsr_jax import train
 
@@ -28,17 +28,17 @@ PLOT_PIXELS = tuple(round(inches * report.PLOT_DPI) for inches in report.PLOT_SI
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory) -> dict[str, tuple[pathlib.Path, ml_collections.ConfigDict]]:
+def runs(uninterrupted, tmp_path_factory) -> dict[str, tuple[pathlib.Path, ml_collections.ConfigDict]]:
   """{name: (workdir, config)}: 'all_losses' (1 warm-up + 2 epochs, then an eval-mode
   evaluation of its best checkpoint) and 'rec_only' (2 epochs, in two launches)."""
+  trained, config, _ = uninterrupted
   directory = tmp_path_factory.mktemp("report")
-  config = load_config(write_tiny_run(directory))
   rec = config.copy_and_resolve_references()
   rec.loss.update(per_w=0.0, tpl_w=0.0, adv_w=0.0)
   rec.num_init_epochs = 0
   runs = {"all_losses": (directory / "all_losses", config),
           "rec_only": (directory / "rec_only", rec)}
-  train.train_and_evaluate(config, runs["all_losses"][0])
+  shutil.copytree(trained, runs["all_losses"][0])  # the copy gets the eval-mode evaluation
   train.evaluate(config, runs["all_losses"][0], "best")
   first_launch = rec.copy_and_resolve_references()
   first_launch.num_epochs = 1
@@ -83,6 +83,7 @@ def _row(text: str, section: str, first_cell: str) -> list[str]:
   raise AssertionError(f"no row {first_cell!r} under {section!r} in:\n{text}")
 
 
+@pytest.mark.slow  # reads two tiny training runs
 def test_results_table_has_the_numbers_of_the_events(runs, written):
   _, text = written
   for name, (workdir, _) in runs.items():
@@ -110,6 +111,7 @@ def test_results_table_has_the_numbers_of_the_events(runs, written):
           f"{record['level1/psnr']:.3f} | {record['level1/ssim']:.4f} |") in text
 
 
+@pytest.mark.slow  # reads two tiny training runs
 def test_configuration_table(runs, written):
   _, text = written
   config = lambda label: _row(text, "Configuration", label)[1:]
@@ -141,6 +143,7 @@ def _colour_pixels(image: np.ndarray, colour: str) -> int:
   return int(np.all(image[..., :3] == rgb, axis=-1).sum())
 
 
+@pytest.mark.slow  # reads two tiny training runs
 def test_plots_overlay_the_runs(written):
   out, text = written
   embedded = re.findall(r"!\[[^]]*\]\((plots/[^)]+\.png)\)", text)
@@ -162,6 +165,7 @@ def test_plots_overlay_the_runs(written):
   assert _colour_pixels(adv, blue) > 50 and _colour_pixels(adv, orange) == 0
 
 
+@pytest.mark.slow  # reads two tiny training runs
 def test_samples_come_from_the_best_checkpoint(runs, written):
   out, text = written
   for name, (workdir, config) in runs.items():
@@ -191,6 +195,7 @@ def test_samples_come_from_the_best_checkpoint(runs, written):
     assert not np.array_equal(tensorboard[:, :width], grids[image_name][:, :width])
 
 
+@pytest.mark.slow  # reads two tiny training runs
 def test_incomplete_workdirs_give_a_partial_report(runs, tmp_path, monkeypatch, capsys):
   # Relative paths, as users type them (Orbax itself wants absolute ones).
   monkeypatch.chdir(tmp_path)

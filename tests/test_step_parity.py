@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from configs import default
-from parity import load_case, nhwc
+from data_pipeline import samples
+from parity import CRITIC_SCORE_ATOL, load_case, nhwc
 from recipes import discriminator_state_dict, vgg19_state_dict
 from ttsr_jax import convert, losses, step
 from ttsr_jax.models.ttsr import TTSR
@@ -42,7 +43,7 @@ def setup():
   state = step.TrainState(step=jnp.array(config.num_init_epochs, jnp.int32), g_params=g_params,
                           d_params=d_params, g_opt_state=g_tx.init(g_params),
                           d_opt_state=d_tx.init(d_params), key=jax.random.PRNGKey(0))
-  batch = {k: jnp.asarray(nhwc(case_a[k])) for k in step.IMAGE_KEYS}
+  batch = {k: jnp.asarray(nhwc(case_a[k])) for k in samples.IMAGE_KEYS}
   return config, state, batch, vgg_params
 
 
@@ -68,11 +69,14 @@ def test_losses_and_gradient_with_fixed_discriminator(setup):
   config, state, batch, vgg_params = setup
   config = parity_config(gan_k=0)  # no D update: the adversarial term sees the initial D
   case_c, case_d = load_case("c_losses.npz"), load_case("d_gradients.npz")
-  grad_fn = jax.jit(step.make_gradient_fn(config, 1, warmup=False))
+  _, d_tx = step.make_optimizers(config, 1)
+  grad_fn = jax.jit(step.make_d_update_and_g_gradients(config, d_tx, warmup=False))
   grads, _, _, metrics = grad_fn(state, batch, vgg_params)
   for ours, theirs in (("rec", "rec_loss"), ("per", "per_loss"), ("tpl", "tpl_useS0_l2"),
-                       ("adv", "adv_g_loss_initialD"), ("total", "G_total_fixedD")):
+                       ("total", "G_total_fixedD")):
     np.testing.assert_allclose(float(metrics[f"loss/{ours}"]), case_c[theirs], rtol=1e-5, err_msg=ours)
+  np.testing.assert_allclose(float(metrics["loss/adv"]), case_c["adv_g_loss_initialD"], rtol=0,
+                             atol=CRITIC_SCORE_ATOL)
   _assert_grads(grads, case_d, "grad_fixedD", rel=1e-4)
 
 
@@ -85,7 +89,7 @@ def test_texture_loss_variants(setup, use_s, loss_type):
   # Everything is an argument: arrays closed over by jit become constants that XLA folds slowly.
   @jax.jit
   def tpl(g_params, batch, sr):
-    out = model.apply({"params": g_params}, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr")))
+    out = model.apply({"params": g_params}, *step.model_inputs(batch))
     lte = lambda x: model.apply({"params": g_params}, x, method=TTSR.texture_features)
     return losses.texture_loss(lte, sr, out.S, (out.T_lv3, out.T_lv2, out.T_lv1), use_s, loss_type)
 
@@ -99,9 +103,8 @@ def _d_iteration(config, d_params, d_opt_state, fake, real, eps):
 
   @jax.jit
   def run(d_params, d_opt_state, fake, real, eps):
-    def d_loss(p):
-      return losses.wgan_gp_discriminator_loss(lambda x: disc.apply({"params": p}, x), fake, real, eps)
-    (loss, aux), grads = jax.value_and_grad(d_loss, has_aux=True)(d_params)
+    (loss, aux), grads = step.discriminator_gradients(disc, d_params, fake, real, eps,
+                                                      config.loss.gp_lambda)
     updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
     return optax.apply_updates(d_params, updates), d_opt_state, loss, aux, grads
 
@@ -134,8 +137,30 @@ def test_wgan_gp_discriminator_updates(setup, group, iterations):
   loss_g = -jnp.mean(disc.apply({"params": d_params}, jnp.asarray(fake)))
   np.testing.assert_allclose(float(loss_g), case[f"{group}/loss_g_after_D_updates"], rtol=2e-3)
   for name in ("conv1.weight", "conv1.bias", "fc2.weight", "fc2.bias"):
-    np.testing.assert_allclose(_named(d_params, name), case[f"{group}/D_after/{name}"], atol=2e-6,
-                               err_msg=name)
+    want = case[f"{group}/D_after/{name}"]
+    if group == "wgan_gp_k2":
+      _assert_d_close(d_params, want, name, atol=2e-6)
+    else:  # one D step: no second update to be unstable
+      np.testing.assert_allclose(_named(d_params, name), want, atol=2e-6, err_msg=name)
+
+
+def _stable_d_entries(name, shape):
+  """Where D's weights after its two WGAN-GP steps are reproducible: entries whose second-step
+  gradient (stored for conv1 and fc2 weights) is at least 2 % of that tensor's largest. The
+  reference's own D gradients move by up to 3.5e-3 of the largest between thread counts (the
+  LeakyReLU kinks; tests/golden/README.md), so Adam's second update of an entry with a gradient
+  near that floor is float noise. It is about 6-10 % of the entries."""
+  key = f"wgan_gp_k2/iter1/grad_D.{name}"
+  grads = load_case("c_losses.npz")
+  if key not in grads:
+    return np.ones(shape, bool)
+  g = np.abs(grads[key])
+  return g >= 0.02 * g.max()
+
+
+def _assert_d_close(d_params, want, name, atol):
+  mask = _stable_d_entries(name, want.shape)
+  np.testing.assert_allclose(_named(d_params, name)[mask], want[mask], atol=atol, err_msg=name)
 
 
 def _assert_adam_step(after, case, prefix, grad_prefix, grads_case):
@@ -164,14 +189,15 @@ def test_full_iteration_gradients_and_update(setup):
   for name in ("conv1.weight", "fc2.weight", "fc2.bias"):
     # Our sr differs from the stored one by ~2e-7, which moves D's kinks (README 4): allow a
     # tenth of one Adam step (lr 1e-4) instead of the 2e-6 used with the stored sr.
-    np.testing.assert_allclose(_named(new_state.d_params, name), case_e[f"D_after_step/{name}"], atol=1e-5)
+    _assert_d_close(new_state.d_params, case_e[f"D_after_step/{name}"], name, atol=1e-5)
   assert float(metrics["lr/main"]) == pytest.approx(1e-4) and float(metrics["lr/lte"]) == pytest.approx(1e-5)
   assert int(new_state.step) == int(state.step) + 1
 
 
 def test_full_iteration_generator_gradient(setup):
   config, state, batch, vgg_params = setup
-  grad_fn = jax.jit(step.make_gradient_fn(config, 1, warmup=False))
+  _, d_tx = step.make_optimizers(config, 1)
+  grad_fn = jax.jit(step.make_d_update_and_g_gradients(config, d_tx, warmup=False))
   grads, _, _, _ = grad_fn(state, batch, vgg_params, jnp.asarray(EPSILONS))
   _assert_grads(grads, load_case("d_gradients.npz"), "grad_trainer", rel=1e-3)
 

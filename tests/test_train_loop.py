@@ -2,14 +2,12 @@
 bit-identical to an uninterrupted run, eval mode, non-finite losses, foreign checkpoints,
 checkpoint retention.
 
-One uninterrupted run (in this process) is shared by the tests; the interrupted runs go through
-launch.py in subprocesses. All runs use the same tiny config, so XLA's persistent cache compiles
-each program once.
+One uninterrupted run (in this process, the `uninterrupted` fixture of conftest.py) is shared by
+the tests; the interrupted runs go through launch.py in subprocesses. All runs use the same tiny
+config, so XLA's persistent cache compiles each program once.
 """
 
-import importlib.util
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -17,95 +15,15 @@ import subprocess
 import sys
 import time
 
-import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
-from data_pipeline import cufed
-from data_pipeline import make_demo
+from tiny_runs import ROOT, STEPS_PER_EPOCH, TOTAL_STEPS, assert_identical, restore_state
+from tiny_runs import subprocess_env
 from ttsr_jax import checkpoint
-from ttsr_jax import sharding
 from ttsr_jax import train
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_PAIRS = 16
-STEPS_PER_EPOCH = 8  # 16 pairs, batch 2
-TOTAL_STEPS = 3 * STEPS_PER_EPOCH  # 1 warm-up + 2 main epochs
-
-# Every loss term, 32x32 patches (the discriminator's smallest usable size), a narrow model.
-TINY_CONFIG = """
-from configs import default
-
-
-def get_config():
-  config = default.get_config()
-  config.data.cufed_dir = {cufed_dir!r}
-  config.model.n_feats = 8
-  config.model.num_res_blocks = (1, 1, 1, 1)
-  config.loss.update(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3)
-  config.train_crop_size = 8
-  config.batch_size = 2
-  config.num_init_epochs = 1
-  config.num_epochs = 2
-  config.eval_every = 1
-  config.checkpoint_every = 1
-  config.keep_checkpoints = 2
-  config.log_every = 2
-  config.eval.num_image_grids = 1
-  return config
-"""
-
-
-def write_tiny_run(directory: pathlib.Path, train_pairs: int = TRAIN_PAIRS) -> pathlib.Path:
-  """A prepared tiny demo dataset (`train_pairs` pairs of 32x32, 2 test groups of up to 48x48)
-  and the tiny config file for it, under `directory`; returns the config file."""
-  cufed_dir = make_demo.make_demo(directory / "data", train_pairs=train_pairs, patch_size=32,
-                                  test_groups=2, test_size=48)
-  cufed.prepare(cufed_dir, patch_size=32)
-  config_file = directory / "tiny_config.py"
-  config_file.write_text(TINY_CONFIG.format(cufed_dir=str(cufed_dir)))
-  return config_file
-
-
-def load_config(config_file: pathlib.Path) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, as launch.py's --config calls it."""
-  spec = importlib.util.spec_from_file_location(config_file.stem, config_file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def subprocess_env() -> dict[str, str]:
-  """The environment for launch.py subprocesses: this machine's CPU as one device, and the
-  persistent compilation cache the tests use (see conftest.py)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PLATFORMS="cpu")
-  return env
-
-
-@pytest.fixture(scope="session")
-def tiny_config_file(tmp_path_factory) -> pathlib.Path:
-  return write_tiny_run(tmp_path_factory.mktemp("tiny"))
-
-
-def restore_state(workdir: pathlib.Path, config, step: int | None = None):
-  """A checkpoint's TrainState as NumPy arrays (the latest step by default)."""
-  with checkpoint.manager(workdir / checkpoint.CHECKPOINT_DIR, read_only=True) as mngr:
-    step = mngr.latest_step() if step is None else step
-    state, _ = checkpoint.restore(mngr, step, config, sharding.make_mesh(jax.devices()[:1]))
-  return jax.device_get(state)
-
-
-def _assert_identical(a, b) -> None:
-  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(x, y)
 
 
 def _summary_tags(logdir: pathlib.Path) -> dict[str, set[str]]:
@@ -118,15 +36,7 @@ def _summary_tags(logdir: pathlib.Path) -> dict[str, set[str]]:
   return tags
 
 
-@pytest.fixture(scope="session")
-def uninterrupted(tiny_config_file, tmp_path_factory):
-  """(workdir, config, returned metrics) of the tiny run from start to end."""
-  config = load_config(tiny_config_file)
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  metrics = train.train_and_evaluate(config, workdir)
-  return workdir, config, metrics
-
-
+@pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
 def test_run_writes_checkpoints_events_and_images(uninterrupted):
   workdir, config, metrics = uninterrupted
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -149,6 +59,7 @@ def test_run_writes_checkpoints_events_and_images(uninterrupted):
   assert np.isfinite(metrics["level1/psnr"]) and 0 < metrics["level1/ssim"] <= 1
 
 
+@pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
 def test_eval_mode_reproduces_the_last_evaluation(uninterrupted):
   workdir, config, metrics = uninterrupted
   assert train.evaluate(config, workdir) == metrics
@@ -184,6 +95,7 @@ def _wait_until(condition, process: subprocess.Popen, log: pathlib.Path,
     time.sleep(0.05)
 
 
+@pytest.mark.slow  # three launch.py subprocesses, killed and resumed
 def test_sigkill_and_sigterm_then_resume_match_the_uninterrupted_run(uninterrupted,
                                                                      tiny_config_file,
                                                                      tmp_path):
@@ -215,11 +127,12 @@ def test_sigkill_and_sigterm_then_resume_match_the_uninterrupted_run(uninterrupt
   # 3. Relaunched again, it finishes with exactly the uninterrupted run's state and evaluation.
   process = _launch(tiny_config_file, workdir, log)
   assert process.wait(300) == 0, log.read_text()[-4000:]
-  _assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
+  assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
   last = lambda d: json.loads((d / "evals.jsonl").read_text().splitlines()[-1])
   assert last(workdir) == last(ref_workdir)
 
 
+@pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
   ref_workdir, config, _ = uninterrupted
   workdir = tmp_path / "run"
@@ -232,9 +145,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted,
     train.train_and_evaluate(config, workdir)
   with checkpoint.manager(workdir / "checkpoints", read_only=True) as mngr:
     assert mngr.latest_step() == TOTAL_STEPS
-  _assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
+  assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
 
 
+@pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
 def test_checkpoint_of_another_model_is_refused(uninterrupted):
   workdir, config, _ = uninterrupted
   config = config.copy_and_resolve_references()

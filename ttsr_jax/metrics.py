@@ -5,19 +5,20 @@ Two protocols are offered, because published TTSR numbers come from two differen
 * ``'ttsr'``: the reference's own ``utils.py`` (what ``eval.sh`` prints, e.g. 26.99 / 0.800 for the
   released TTSR-rec checkpoint on CUFED5). Y-channel PSNR on rounded values without border shaving,
   in float32; Y-channel SSIM in float64 with a valid-mode 11x11 Gaussian window. See
-  ``calc_psnr``, ``calc_ssim`` and ``calc_psnr_and_ssim``.
+  ``calc_psnr``, ``calc_ssim`` and ``ttsr_psnr_and_ssim``.
 * ``'mmagic'``: mmagic's ``PSNR`` / ``SSIM`` metrics as its TTSR configs use them (RGB, ``scale``
-  pixels shaved; its CUFED table, e.g. 25.24 / 0.749 for ttsr-rec). See ``calc_psnr_and_ssim``.
+  pixels shaved; its CUFED table, e.g. 25.24 / 0.749 for ttsr-rec). See ``mmagic_psnr_and_ssim``.
+
+``calc_psnr_and_ssim`` picks one of the two by name.
 
 Images are RGB, HWC (or batch-1 NHWC for model outputs). The one deliberate departure from the
 reference: identical images give an infinite PSNR instead of a math domain error.
 """
 
 import math
+from typing import Any
 
 import numpy as np
-
-PROTOCOLS = ("ttsr", "mmagic")
 
 # BT.601 luma for [0, 255] RGB: the reference divides these by 256, mmagic (mmcv.rgb2ycbcr) applies
 # them to [0, 1] RGB; both add 16.
@@ -176,25 +177,39 @@ def _mmagic_psnr(img1: np.ndarray, img2: np.ndarray) -> float:
   return float(20.0 * np.log10(255.0 / np.sqrt(mse)))
 
 
-def calc_psnr_and_ssim(sr: np.ndarray, hr: np.ndarray, protocol: str = "ttsr", *,
-                       crop_border: int | None = None,
-                       y_channel: bool = False) -> tuple[float, float]:
-  """PSNR and SSIM of a model output against its target, both RGB in [-1, 1].
+def ttsr_psnr_and_ssim(sr: np.ndarray, hr: np.ndarray) -> tuple[float, float]:
+  """The reference's ``utils.calc_psnr_and_ssim`` (the numbers of ``eval.sh``).
 
-  ``protocol='ttsr'`` reproduces the reference's ``utils.calc_psnr_and_ssim`` (the numbers of
-  ``eval.sh``): ``x -> (x + 1) * 127.5`` in float32; if the shapes differ, both are cropped at the
-  top-left to the common height and width; values are rounded half to even (no clipping), then
-  ``calc_psnr`` (Y channel, float32) and ``calc_ssim`` (Y channel, float64) are applied with no
-  border shaved. ``crop_border`` and ``y_channel`` do not apply to it.
+  ``x -> (x + 1) * 127.5`` in float32; if the shapes differ, both are cropped at the top-left to
+  the common height and width; values are rounded half to even (no clipping), then ``calc_psnr``
+  (Y channel, float32) and ``calc_ssim`` (Y channel, float64) are applied with no border shaved.
 
-  ``protocol='mmagic'`` reproduces mmagic's ``PSNR`` and ``SSIM`` metrics as configured for TTSR
-  (``crop_border=scale``), so results compare with mmagic's model-zoo table:
+  Args:
+    sr: Model output, shape (H, W, 3) or (1, H, W, 3), values in [-1, 1].
+    hr: Target, same layout and range.
+
+  Returns:
+    ``(psnr, ssim)`` as Python floats; PSNR is ``inf`` for identical images.
+  """
+  sr = _model_output_to_hwc(sr, "sr")
+  hr = _model_output_to_hwc(hr, "hr")
+  h = min(sr.shape[0], hr.shape[0])
+  w = min(sr.shape[1], hr.shape[1])
+  img1 = np.round((sr[:h, :w] + 1.0) * 127.5)
+  img2 = np.round((hr[:h, :w] + 1.0) * 127.5)
+  return calc_psnr(img1, img2), calc_ssim(img1, img2)
+
+
+def mmagic_psnr_and_ssim(sr: np.ndarray, hr: np.ndarray, *, crop_border: int = 4,
+                         y_channel: bool = False) -> tuple[float, float]:
+  """mmagic's ``PSNR`` and ``SSIM`` metrics as configured for TTSR (``crop_border=scale``), so
+  results compare with mmagic's model-zoo table:
 
   1. ``x -> clip(x * 127.5 + 127.5, 0, 255)`` in float32, **not** rounded (mmagic's
      ``DataPreprocessor.destruct``); the shapes must be equal (mmagic asserts it).
   2. With ``y_channel=True``, each image becomes ``Y = float32((RGB/255 @ [65.481, 128.553,
      24.966] + 16) / 255) * 255`` (``mmcv.rgb2ycbcr``, y_only); otherwise the 3 RGB channels stay.
-  3. ``crop_border`` pixels (default 4, the x4 scale) are removed from each of the four sides.
+  3. ``crop_border`` pixels (the x4 scale by default) are removed from each of the four sides.
   4. PSNR: ``20 * log10(255 / sqrt(mse))`` with the mse over all remaining pixels and channels,
      all in float32; ``inf`` if the mse is 0.
   5. SSIM: per channel, the same float64 Gaussian SSIM as the reference (11x11, sigma 1.5, valid
@@ -207,35 +222,20 @@ def calc_psnr_and_ssim(sr: np.ndarray, hr: np.ndarray, protocol: str = "ttsr", *
   Args:
     sr: Model output, shape (H, W, 3) or (1, H, W, 3), values in [-1, 1].
     hr: Target, same layout and range.
-    protocol: ``'ttsr'`` (default) or ``'mmagic'``.
-    crop_border: ``'mmagic'`` only: pixels shaved on each side (default 4).
-    y_channel: ``'mmagic'`` only: evaluate the Y channel instead of RGB.
+    crop_border: pixels shaved on each side.
+    y_channel: evaluate the Y channel instead of RGB.
 
   Returns:
     ``(psnr, ssim)`` as Python floats; PSNR is ``inf`` for identical images.
   """
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
   sr = _model_output_to_hwc(sr, "sr")
   hr = _model_output_to_hwc(hr, "hr")
-
-  if protocol == "ttsr":
-    if crop_border is not None or y_channel:
-      raise ValueError(
-          "crop_border and y_channel apply to protocol='mmagic' only; the 'ttsr' protocol is "
-          "always Y-channel with no border shaved")
-    h = min(sr.shape[0], hr.shape[0])
-    w = min(sr.shape[1], hr.shape[1])
-    img1 = np.round((sr[:h, :w] + 1.0) * 127.5)
-    img2 = np.round((hr[:h, :w] + 1.0) * 127.5)
-    return calc_psnr(img1, img2), calc_ssim(img1, img2)
-
-  crop = 4 if crop_border is None else crop_border
-  if crop < 0:
-    raise ValueError(f"crop_border must be >= 0; got {crop}")
+  if crop_border < 0:
+    raise ValueError(f"crop_border must be >= 0; got {crop_border}")
   if sr.shape != hr.shape:
     raise ValueError(
         f"protocol='mmagic' needs sr and hr of the same shape; got {sr.shape} and {hr.shape}")
+  crop = crop_border
   h, w = sr.shape[0] - 2 * crop, sr.shape[1] - 2 * crop
   _check_ssim_size((h, w), f" after shaving crop_border={crop} from {sr.shape[0]} x {sr.shape[1]}")
   imgs = []
@@ -252,3 +252,21 @@ def calc_psnr_and_ssim(sr: np.ndarray, hr: np.ndarray, protocol: str = "ttsr", *
       for c in range(img1.shape[-1])
   ]))
   return psnr, ssim
+
+
+_BY_PROTOCOL = {"ttsr": ttsr_psnr_and_ssim, "mmagic": mmagic_psnr_and_ssim}
+PROTOCOLS = tuple(_BY_PROTOCOL)
+
+
+def calc_psnr_and_ssim(sr: np.ndarray, hr: np.ndarray, protocol: str = "ttsr",
+                       **options: Any) -> tuple[float, float]:
+  """PSNR and SSIM of a model output against its target under a protocol named by a config:
+  ``'ttsr'`` (`ttsr_psnr_and_ssim`) or ``'mmagic'`` (`mmagic_psnr_and_ssim`, whose keyword
+  options ``crop_border`` and ``y_channel`` pass through)."""
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
+  if protocol == "ttsr" and options:
+    raise ValueError(
+        f"{', '.join(sorted(options))} apply to protocol='mmagic' only; the 'ttsr' protocol is "
+        "always Y-channel with no border shaved")
+  return _BY_PROTOCOL[protocol](sr, hr, **options)

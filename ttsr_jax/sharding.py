@@ -22,12 +22,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, microbatches: int = 1) -> None:
-  """The global batch must split evenly over the devices, and each device's share over the
+def check_batch_size(batch_size: int, devices: int, microbatches: int = 1) -> None:
+  """The batch must split evenly over the devices, and each device's share over the
   microbatches."""
   if microbatches < 1:
     raise ValueError(f"microbatches must be at least 1, got {microbatches}")
-  devices = mesh.shape[DATA_AXIS]
   unit = devices * microbatches
   if batch_size % unit:
     raise ValueError(

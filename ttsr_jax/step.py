@@ -9,6 +9,7 @@ over a mesh axis the means are global and XLA inserts the reductions; under `pma
 pass `axis_name` and the step averages gradients and metrics over that axis itself.
 """
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import flax
@@ -17,7 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from data_pipeline import samples
 from ttsr_jax import losses
+from ttsr_jax import sharding
 from ttsr_jax.models.discriminator import Discriminator
 from ttsr_jax.models.ttsr import TTSR
 from ttsr_jax.models.vgg import VGG19
@@ -25,7 +28,6 @@ from ttsr_jax.models.vgg import VGG19
 Params = Any
 Batch = dict[str, jnp.ndarray]
 Metrics = dict[str, jnp.ndarray]
-IMAGE_KEYS = ("lr", "lrsr", "ref", "refsr", "hr")
 
 
 @flax.struct.dataclass
@@ -55,6 +57,25 @@ def build_discriminator(config: ml_collections.ConfigDict,
 
 def build_vgg(config: ml_collections.ConfigDict, loop_backward: bool = False) -> VGG19:
   return VGG19(dtype=jnp.dtype(config.model.dtype), loop_backward=loop_backward)
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The modules one training iteration applies."""
+
+  model: TTSR
+  disc: Discriminator
+  vgg: VGG19
+
+
+def build_networks(config: ml_collections.ConfigDict, loop_backward: bool = False) -> Networks:
+  return Networks(build_model(config.model, loop_backward),
+                  build_discriminator(config, loop_backward), build_vgg(config, loop_backward))
+
+
+def model_inputs(batch: Batch) -> tuple[jnp.ndarray, ...]:
+  """(lr, lrsr, ref, refsr) of a batch, in the order the model takes them."""
+  return tuple(batch[k] for k in samples.MODEL_INPUT_KEYS)
 
 
 def lr_factor(optim: ml_collections.ConfigDict, step: jnp.ndarray, steps_per_epoch: int,
@@ -113,10 +134,6 @@ def create_train_state(config: ml_collections.ConfigDict, vgg_params: Params, st
                     g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params), key=key)
 
 
-def _global_norm(tree) -> jnp.ndarray:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def split_microbatches(tree: Any, count: int) -> Any:
   """(B, ...) leaves -> (count, B // count, ...). Microbatch k holds rows k, k + count, ..., so
   when B is split over devices in contiguous blocks every microbatch takes an equal share of each
@@ -131,7 +148,7 @@ def merge_microbatches(tree: Any) -> Any:
       lambda x: x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
 
-def _microbatch_mean(fn: Callable, inputs: Any, count: int) -> Any:
+def microbatch_mean(fn: Callable, inputs: Any, count: int) -> Any:
   """The mean over `count` microbatches of `fn(microbatch)` (a tree of arrays), computed one
   microbatch after the other so that only one microbatch's activations are alive at a time."""
   if count == 1:
@@ -147,148 +164,198 @@ def _microbatch_mean(fn: Callable, inputs: Any, count: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x / count, total)
 
 
-def make_gradient_fn(config: ml_collections.ConfigDict, steps_per_epoch: int, *, warmup: bool,
-                     axis_name: Optional[str] = None) -> Callable:
-  """The iteration without the generator update: (state, batch, vgg_params, epsilons) ->
+def draw_epsilons(key: jax.Array, gan_k: int, local_batch: int,
+                  axis_name: Optional[str] = None) -> jnp.ndarray:
+  """WGAN-GP interpolation factors (gan_k, local_batch). They are drawn for the global batch and
+  each device takes its rows, so every sharding of the batch sees the same numbers."""
+  if not axis_name:
+    return jax.random.uniform(key, (gan_k, local_batch))
+  devices = jax.lax.psum(1, axis_name)
+  eps = jax.random.uniform(key, (gan_k, local_batch * devices))
+  start = jax.lax.axis_index(axis_name) * local_batch
+  return jax.lax.dynamic_slice_in_dim(eps, start, local_batch, axis=1)
+
+
+def _mean_over(axis_name: Optional[str], tree: Any) -> Any:
+  """The mean over the devices of `axis_name` (pmap style); as is under jit, where the batch
+  means are already global."""
+  return jax.lax.pmean(tree, axis_name) if axis_name else tree
+
+
+def discriminator_gradients(disc: Discriminator, d_params: Params, fake: jnp.ndarray,
+                            real: jnp.ndarray, epsilon: jnp.ndarray, gp_lambda: float
+                            ) -> tuple[tuple[jnp.ndarray, dict[str, jnp.ndarray]], Params]:
+  """((WGAN-GP loss, its per-sample terms), gradients with respect to `d_params`)."""
+  def d_loss(p):
+    apply = lambda x: disc.apply({"params": p}, x)
+    return losses.wgan_gp_discriminator_loss(apply, fake, real, epsilon, gp_lambda)
+  return jax.value_and_grad(d_loss, has_aux=True)(d_params)
+
+
+def discriminator_update(disc: Discriminator, d_tx: optax.GradientTransformation,
+                         d_params: Params, d_opt_state: optax.OptState, fake: jnp.ndarray,
+                         real: jnp.ndarray, epsilon: jnp.ndarray, gp_lambda: float,
+                         microbatches: int = 1, axis_name: Optional[str] = None
+                         ) -> tuple[Params, optax.OptState, Params, Metrics]:
+  """One WGAN-GP step of D on (fake, real) with interpolation factors `epsilon` (N,).
+
+  Returns the new D parameters and optimiser state, the (averaged) gradients and the loss terms.
+  """
+  def d_gradients(inputs):
+    (loss_d, aux), grads = discriminator_gradients(disc, d_params, inputs["fake"],
+                                                   inputs["real"], inputs["eps"], gp_lambda)
+    return grads, {"d/loss": loss_d, "d/real": jnp.mean(aux["d_real"]),
+                   "d/fake": jnp.mean(aux["d_fake"]),
+                   "d/gradient_penalty": aux["gradient_penalty"]}
+
+  inputs = {"fake": fake, "real": real, "eps": epsilon}
+  grads, metrics = microbatch_mean(d_gradients, inputs, microbatches)
+  grads = _mean_over(axis_name, grads)
+  updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
+  return optax.apply_updates(d_params, updates), d_opt_state, grads, metrics
+
+
+def generator_forward(model: TTSR, g_params: Params, batch: Batch) -> tuple[jnp.ndarray, ...]:
+  """(sr, S, T_lv3, T_lv2, T_lv1): what the generator's losses read."""
+  out = model.apply({"params": g_params}, *model_inputs(batch))
+  return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
+
+
+def loss_weights(loss_config: ml_collections.ConfigDict, warmup: bool) -> dict[str, float]:
+  """The generator's active loss terms and their weights, in the reference's order (rec, per,
+  tpl, adv); warm-up iterations use the reconstruction loss alone."""
+  weights = {"rec": loss_config.rec_w}
+  if not warmup:
+    weights.update({name: loss_config[f"{name}_w"] for name in ("per", "tpl", "adv")
+                    if loss_config[f"{name}_w"] != 0})
+  return weights
+
+
+def generator_loss(nets: Networks, loss_config: ml_collections.ConfigDict,
+                   weights: dict[str, float], g_params: Params, vgg_params: Params,
+                   d_params: Params, outputs: tuple[jnp.ndarray, ...], hr: jnp.ndarray
+                   ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """The weighted total of the terms in `weights` for the generator's `outputs`, and the
+  unweighted terms. `g_params` feed only the texture loss's frozen LTE copy."""
+  sr, s, t_lv3, t_lv2, t_lv1 = outputs
+  terms = {"rec": losses.reconstruction_loss(sr, hr)}
+  if "per" in weights:
+    vgg_apply = lambda x: nets.vgg.apply({"params": vgg_params}, x)
+    terms["per"] = losses.perceptual_loss(vgg_apply, sr, hr)
+  if "tpl" in weights:
+    frozen = jax.lax.stop_gradient(g_params)
+    lte_copy = lambda x: nets.model.apply({"params": frozen}, x, method=TTSR.texture_features)
+    terms["tpl"] = losses.texture_loss(lte_copy, sr, s, (t_lv3, t_lv2, t_lv1),
+                                       loss_config.tpl_use_S, loss_config.tpl_type)
+  if "adv" in weights:
+    d_apply = lambda x: nets.disc.apply({"params": d_params}, x)
+    terms["adv"] = losses.generator_adversarial_loss(d_apply, sr)
+  total = 0.0
+  for name, value in terms.items():
+    total = total + weights[name] * value
+  return total, terms
+
+
+def generator_gradients(nets: Networks, loss_config: ml_collections.ConfigDict,
+                        weights: dict[str, float], g_params: Params, vgg_params: Params,
+                        d_params: Params, batch: Batch, microbatches: int = 1,
+                        forward_vjp: Optional[tuple[Any, Callable]] = None
+                        ) -> tuple[Params, tuple[jnp.ndarray, dict[str, jnp.ndarray]]]:
+  """Gradients of `generator_loss` with respect to `g_params`, and (total, terms).
+
+  `forward_vjp` reuses a `jax.vjp` of `generator_forward` over the whole batch (one microbatch)
+  that was already run to feed the discriminator.
+  """
+  def gradients(batch, forward_vjp=None):
+    outputs, backward = forward_vjp or jax.vjp(
+        lambda p: generator_forward(nets.model, p, batch), g_params)
+    loss = lambda outputs: generator_loss(nets, loss_config, weights, g_params, vgg_params,
+                                          d_params, outputs, batch["hr"])
+    (total, terms), d_outputs = jax.value_and_grad(loss, has_aux=True)(outputs)
+    (grads,) = backward(d_outputs)
+    return grads, (total, terms)
+
+  if forward_vjp:
+    return gradients(batch, forward_vjp)
+  return microbatch_mean(gradients, batch, microbatches)
+
+
+def make_d_update_and_g_gradients(config: ml_collections.ConfigDict,
+                                  d_tx: optax.GradientTransformation, *, warmup: bool,
+                                  axis_name: Optional[str] = None) -> Callable:
+  """The iteration up to the generator's update: (state, batch, vgg_params[, epsilons]) ->
   (generator gradients, updated D params, updated D optimiser state, metrics).
 
-  `epsilons` (gan_k, N) replaces the WGAN-GP interpolation factors drawn from the state's key
-  (for reproducing stored reference draws); N is the local batch under `axis_name`.
+  The discriminator takes its `gan_k` WGAN-GP steps on the detached sr first, and the
+  generator's adversarial term then sees the updated D, as in the reference. `epsilons`
+  (gan_k, N) replaces the factors drawn from the state's key (to reproduce stored reference
+  draws); N is the local batch under `axis_name`.
 
-  With `config.microbatches` = M > 1 the (local) batch is processed in M sequential
-  microbatches whose gradients are averaged: the same gradients (every loss is a mean over
-  samples), with about 1/M of the activation memory. When the adversarial loss is on, the
-  discriminator must see the whole batch's sr before the generator's loss, so the generator's
-  forward pass then runs twice (once without gradients).
+  With `config.microbatches` = M > 1 the (local) batch runs as M sequential microbatches whose
+  gradients are averaged: the same gradients (every loss is a mean over samples) with about 1/M
+  of the activation memory. D must see the whole batch's sr before the generator's loss, so the
+  generator's forward pass then runs twice (once without gradients).
   """
   w = config.loss
   count = config.microbatches
   # Microbatches run in a loop, where XLA:CPU's own backward convolutions are slow.
-  loop_backward = count > 1 and jax.default_backend() == "cpu"
-  model = build_model(config.model, loop_backward)
-  disc = build_discriminator(config, loop_backward)
-  vgg = build_vgg(config, loop_backward)
-  _, d_tx = make_optimizers(config, steps_per_epoch)
-  use_per = not warmup and w.per_w != 0
-  use_tpl = not warmup and w.tpl_w != 0
-  use_adv = not warmup and w.adv_w != 0
+  nets = build_networks(config, loop_backward=count > 1 and jax.default_backend() == "cpu")
+  weights = loss_weights(w, warmup)
 
-  def average(tree):
-    return jax.lax.pmean(tree, axis_name) if axis_name else tree
-
-  def draw_epsilons(key, local_batch):
-    """Per-sample factors drawn for the global batch, so any sharding sees the same numbers."""
-    if not axis_name:
-      return jax.random.uniform(key, (w.gan_k, local_batch))
-    devices = jax.lax.psum(1, axis_name)
-    eps = jax.random.uniform(key, (w.gan_k, local_batch * devices))
-    start = jax.lax.axis_index(axis_name) * local_batch
-    return jax.lax.dynamic_slice_in_dim(eps, start, local_batch, axis=1)
-
-  def forward(g_params, batch):
-    out = model.apply({"params": g_params}, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr")))
-    return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
-
-  def gradient_fn(state: TrainState, batch: Batch, vgg_params: Params,
-                  epsilons: Optional[jnp.ndarray] = None):
+  def d_update_and_g_gradients(state: TrainState, batch: Batch, vgg_params: Params,
+                               epsilons: Optional[jnp.ndarray] = None):
     local_batch = batch["hr"].shape[0]
-    if local_batch % count:
-      raise ValueError(f"config.microbatches {count} does not divide the per-device batch "
-                       f"{local_batch}")
+    sharding.check_batch_size(local_batch, 1, count)
     _, step_key = jax.random.split(state.key)
     metrics = {}
-
-    # With one microbatch the forward pass that feeds D is also the one the generator's
+    # With one microbatch, the forward pass that feeds D is also the one the generator's
     # gradient flows back through.
-    forward_vjp = jax.vjp(lambda p: forward(p, batch), state.g_params) if count == 1 else None
+    forward_vjp = (jax.vjp(lambda p: generator_forward(nets.model, p, batch), state.g_params)
+                   if count == 1 else None)
 
     d_params, d_opt_state = state.d_params, state.d_opt_state
-    if use_adv and w.gan_k > 0:
+    if "adv" in weights and w.gan_k > 0:
       if epsilons is None:
-        epsilons = draw_epsilons(step_key, local_batch)
+        epsilons = draw_epsilons(step_key, w.gan_k, local_batch, axis_name)
       if forward_vjp:
         sr = forward_vjp[0][0]
       else:
-        sr = merge_microbatches(jax.lax.map(lambda b: forward(state.g_params, b)[0],
-                                            split_microbatches(batch, count)))
-      d_inputs = {"fake": jax.lax.stop_gradient(sr), "real": batch["hr"], "eps": epsilons.T}
+        sr = merge_microbatches(jax.lax.map(
+            lambda b: generator_forward(nets.model, state.g_params, b)[0],
+            split_microbatches(batch, count)))
+      fake = jax.lax.stop_gradient(sr)
       for k in range(w.gan_k):
-        def d_gradients(inputs, p=d_params, k=k):
-          def d_loss(p):
-            apply = lambda x: disc.apply({"params": p}, x)
-            return losses.wgan_gp_discriminator_loss(apply, inputs["fake"], inputs["real"],
-                                                     inputs["eps"][:, k], w.gp_lambda)
-          (loss_d, aux), grads = jax.value_and_grad(d_loss, has_aux=True)(p)
-          return grads, {"d/loss": loss_d, "d/real": jnp.mean(aux["d_real"]),
-                         "d/fake": jnp.mean(aux["d_fake"]),
-                         "d/gradient_penalty": aux["gradient_penalty"]}
-
-        d_grads, d_metrics = _microbatch_mean(d_gradients, d_inputs, count)
-        d_grads = average(d_grads)
-        updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_params)
-        d_params = optax.apply_updates(d_params, updates)
+        d_params, d_opt_state, d_grads, d_metrics = discriminator_update(
+            nets.disc, d_tx, d_params, d_opt_state, fake, batch["hr"], epsilons[k],
+            w.gp_lambda, count, axis_name)
       metrics.update(d_metrics)
-      metrics["grad_norm/d"] = _global_norm(d_grads)
+      metrics["grad_norm/d"] = optax.tree.norm(d_grads)
 
-    weights = {"rec": w.rec_w}
-    if use_per:
-      weights["per"] = w.per_w
-    if use_tpl:
-      weights["tpl"] = w.tpl_w
-    if use_adv:
-      weights["adv"] = w.adv_w
-
-    def generator_loss(outputs, hr):
-      sr, s, t_lv3, t_lv2, t_lv1 = outputs
-      terms = {"rec": losses.reconstruction_loss(sr, hr)}
-      if use_per:
-        vgg_apply = lambda x: vgg.apply({"params": vgg_params}, x)
-        terms["per"] = losses.perceptual_loss(vgg_apply, sr, hr)
-      if use_tpl:
-        frozen = jax.lax.stop_gradient(state.g_params)
-        lte_copy = lambda x: model.apply({"params": frozen}, x, method=TTSR.texture_features)
-        terms["tpl"] = losses.texture_loss(lte_copy, sr, s, (t_lv3, t_lv2, t_lv1),
-                                           w.tpl_use_S, w.tpl_type)
-      if use_adv:
-        d_apply = lambda x: disc.apply({"params": d_params}, x)
-        terms["adv"] = losses.generator_adversarial_loss(d_apply, sr)
-      total = 0.0
-      for name, value in terms.items():  # the reference's order: rec, per, tpl, adv
-        total = total + weights[name] * value
-      return total, terms
-
-    def generator_gradients(batch, forward_vjp=None):
-      outputs, backward = forward_vjp or jax.vjp(lambda p: forward(p, batch), state.g_params)
-      (total, terms), d_outputs = jax.value_and_grad(generator_loss, has_aux=True)(
-          outputs, batch["hr"])
-      (grads,) = backward(d_outputs)
-      return grads, (total, terms)
-
-    if forward_vjp:
-      g_grads, (total, terms) = generator_gradients(batch, forward_vjp)
-    else:
-      g_grads, (total, terms) = _microbatch_mean(generator_gradients, batch, count)
-    g_grads = average(g_grads)
+    g_grads, (total, terms) = generator_gradients(nets, w, weights, state.g_params, vgg_params,
+                                                  d_params, batch, count, forward_vjp)
+    g_grads = _mean_over(axis_name, g_grads)
     for name, value in terms.items():
       metrics[f"loss/{name}"] = value
       metrics[f"loss/{name}_weighted"] = weights[name] * value
     metrics["loss/total"] = total
-    metrics["grad_norm/g"] = _global_norm(g_grads)
-    return g_grads, d_params, d_opt_state, average(metrics)
+    metrics["grad_norm/g"] = optax.tree.norm(g_grads)
+    return g_grads, d_params, d_opt_state, _mean_over(axis_name, metrics)
 
-  return gradient_fn
+  return d_update_and_g_gradients
 
 
 def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, *, warmup: bool,
                     axis_name: Optional[str] = None) -> Callable:
   """(state, batch, vgg_params[, epsilons]) -> (new state, metrics); jit it with donated state."""
-  gradient_fn = make_gradient_fn(config, steps_per_epoch, warmup=warmup, axis_name=axis_name)
-  g_tx, _ = make_optimizers(config, steps_per_epoch)
+  g_tx, d_tx = make_optimizers(config, steps_per_epoch)
+  d_update_and_g_gradients = make_d_update_and_g_gradients(config, d_tx, warmup=warmup,
+                                                           axis_name=axis_name)
   o = config.optim
 
   def train_step(state: TrainState, batch: Batch, vgg_params: Params,
                  epsilons: Optional[jnp.ndarray] = None) -> tuple[TrainState, Metrics]:
-    g_grads, d_params, d_opt_state, metrics = gradient_fn(state, batch, vgg_params, epsilons)
+    g_grads, d_params, d_opt_state, metrics = d_update_and_g_gradients(state, batch, vgg_params,
+                                                                       epsilons)
     updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
     factor = lr_factor(o, state.step, steps_per_epoch, config.num_init_epochs)

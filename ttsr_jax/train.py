@@ -30,12 +30,14 @@ from typing import Any, Optional, Union
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+from flax import traverse_util
 import ml_collections
 import numpy as np
 from clu import metric_writers
 from clu import periodic_actions
 
 from data_pipeline import cufed
+from data_pipeline import samples
 from data_pipeline import train as train_data
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
@@ -175,20 +177,14 @@ def _write_json_line(path: pathlib.Path, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
-def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config flattened to the scalar types TensorBoard's hparams accept."""
-  flat = {}
-
-  def walk(prefix: str, value: Any) -> None:
-    if isinstance(value, dict):
-      for k, v in value.items():
-        walk(f"{prefix}{k}.", v)
-    else:
-      key = prefix[:-1]
-      flat[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
-
-  walk("", config.to_dict())
-  return flat
+def hparams(config: dict[str, Any]) -> dict[str, Union[bool, int, float, str]]:
+  """A config (`ConfigDict.to_dict()`, or as stored in a checkpoint) with dotted keys and the
+  scalar types TensorBoard's hparams accept: anything else as its str(), sequences as tuples so
+  that a stored (JSON) config reads like the live one."""
+  flat = traverse_util.flatten_dict(config, sep=".")
+  return {key: value if isinstance(value, (bool, int, float, str))
+          else str(tuple(value) if isinstance(value, list) else value)
+          for key, value in flat.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> dict[str, float]:
@@ -204,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
   try:
-    sharding.check_batch_size(config.batch_size, mesh, config.microbatches)
+    sharding.check_batch_size(config.batch_size, mesh.size, config.microbatches)
   except ValueError as e:
     raise TrainError(str(e)) from None
   evaluator = _make_evaluator(config)
@@ -231,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
       init = jax.jit(lambda vgg: step_lib.create_train_state(config, vgg, steps_per_epoch),
                      out_shardings=sharding.replicated(mesh))
       state, last_eval = init(vgg_params), {}
-      writer.write_hparams(_hparams(config))
+      writer.write_hparams(hparams(config.to_dict()))
     else:
       state, last_eval = checkpoint.restore(mngr, latest, config, mesh)
       last_eval = last_eval or {}
@@ -299,7 +295,7 @@ def _compile_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int
   times, before the first step's collectives.
   """
   patch = 4 * config.train_crop_size
-  shapes = {key: (config.batch_size, patch, patch, 3) for key in step_lib.IMAGE_KEYS}
+  shapes = {key: (config.batch_size, patch, patch, 3) for key in samples.IMAGE_KEYS}
   shapes["lr"] = (config.batch_size, config.train_crop_size, config.train_crop_size, 3)
   data = sharding.batch_sharding(mesh)
   batch = {key: jax.ShapeDtypeStruct(shape, np.float32, sharding=data)
