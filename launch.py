@@ -9,6 +9,7 @@ Training resumes from the workdir's checkpoints by itself. docs/training.md has 
 """
 
 import logging as py_logging
+import os
 import sys
 
 from absl import app
