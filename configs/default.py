@@ -57,11 +57,32 @@ def get_config() -> ml_collections.ConfigDict:
       data_dir=ml_collections.config_dict.placeholder(str),
   ))
 
+  # Test sets and protocols: docs/data.md ("Test sets") gives each choice's source.
   config.eval = ml_collections.ConfigDict(dict(
+      # Comma-separated, evaluated in this order: cufed5 (under data.cufed_dir), sun80, urban100,
+      # manga109, wrsr (under test_dir).
+      sets="cufed5",
+      test_dir="data/testsets",  # holds Sun80/, Urban100/, Manga109/, WR-SR/
       protocol="ttsr",  # 'ttsr': the reference's Y-channel metrics; 'mmagic': RGB, 4 pixels shaved
+      # 'mmagic' only: pixels shaved per side (None: its 4) and the Y channel instead of RGB; 4 and
+      # True are C2-Matching's PSNR_Y/SSIM_Y (mmsr/models/ref_restoration_model.py). The 'ttsr'
+      # protocol shaves nothing, as the reference's utils.py.
+      crop_border=ml_collections.config_dict.placeholder(int),
+      y_channel=False,
       levels=(1,),  # CUFED5 reference levels, each evaluated alone (the reference uses level 1)
       multi_reference=False,  # also the paper's protocol: the five references stitched into one
-      num_images=0,  # first N test images only; 0 = all
+      # Sun80: 'random' (one of each image's web references, drawn with reference_seed, as the TTSR
+      # authors did and MASA-SR's dataloader/dataset.py does) or 'first' (by file name).
+      sun80_reference="random",
+      # Manga109 has no references: 'random_hr' (another image of the set, the TTSR paper's
+      # Sec. 4.1) or 'lr' (the image's own LR, the paper's Urban100 setting).
+      manga109_reference="random_hr",
+      reference_seed=0,
+      # Sides that are not multiples of 4 (all but CUFED5, which keeps the reference's crop):
+      # 'crop' at the bottom and right (the reference's TestSet, C2-Matching's mod_crop) or 'pad'
+      # by repeating the edge, scoring the whole image (MASA-SR's dataloader/dataset.py pads).
+      sizes="crop",
+      num_images=0,  # first N test images of each protocol only; 0 = all
       num_image_grids=3,  # LR | reference | output | ground truth grids sent to TensorBoard
       search_chunk_size=4096,  # bounds the search's memory on large test images; same results
   ))

@@ -14,14 +14,14 @@ import numpy as np
 
 from data_pipeline import files
 from data_pipeline import samples
+from data_pipeline import testsets
 
 def _batches(cufed_dir: str | pathlib.Path,
              reference: Callable[[files.Cufed5Group], np.ndarray],
              ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
   def batch(group: files.Cufed5Group) -> tuple[str, dict[str, np.ndarray]]:
-    sample = samples.make_test_sample(
-        files.read_rgb(group.hr, min_size=samples.SCALE), reference(group))
-    return group.name, {key: samples.normalize(image)[None] for key, image in sample.items()}
+    return group.name, testsets.make_batch(files.read_rgb(group.hr, min_size=samples.SCALE),
+                                           reference(group))
 
   # Listing now rather than on the first next() makes layout errors surface at the call.
   return map(batch, files.cufed5_groups(cufed_dir))

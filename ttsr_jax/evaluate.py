@@ -1,5 +1,11 @@
-"""CUFED5 evaluation (reference `Trainer.evaluate`): PSNR/SSIM per reference level, the paper's
-five-reference protocol, the bicubic baseline under the same metric, and sample image grids.
+"""Evaluation on the test sets (reference `Trainer.evaluate`, extended to the paper's Table 1):
+PSNR/SSIM per set and protocol, the bicubic baseline under the same metric, sample image grids,
+and the combined results table.
+
+Protocols, named by their result keys: CUFED5 'level1' .. 'level5' (one reference of that
+similarity level; the reference's evaluation is 'level1') and 'multi_reference' (the five
+references stitched); 'sun80', 'urban100', 'manga109', 'wrsr' (one reference each, chosen as
+`config.eval` says; docs/data.md, "Test sets").
 
 Test images keep their own sizes (batch 1), so the model is compiled once per input shape; the
 compiled functions live as long as the `Evaluator`. With several processes, image i is evaluated
@@ -7,8 +13,9 @@ by process i % process_count and the scores are gathered, so every process retur
 numbers.
 """
 
+import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -16,9 +23,12 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+import tqdm
 
 from data_pipeline import cufed5
+from data_pipeline import files
 from data_pipeline import samples
+from data_pipeline import testsets
 from ttsr_jax import infer
 from ttsr_jax import metrics as metrics_lib
 from ttsr_jax import step as step_lib
@@ -55,78 +65,216 @@ def image_grid(batch: Batch, sr: np.ndarray) -> np.ndarray:
   return np.concatenate([lrsr, gap, ref, gap, out, gap, hr], axis=1)
 
 
-class Evaluator:
-  """Evaluates generator parameters on CUFED5 as `config.eval` says.
+SETS = ("cufed5", "sun80", "urban100", "manga109", "wrsr")
+SET_TITLES = {"cufed5": "CUFED5", "sun80": "Sun80", "urban100": "Urban100",
+              "manga109": "Manga109", "wrsr": "WR-SR"}
 
-  Protocols are named 'level1' .. 'level5' (one reference of that similarity level; the
-  reference's evaluation is 'level1') and 'multi_reference' (the five references stitched).
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """A test set with its choice of references; `open()` lists the files at once and returns the
+  number of images and the (image name, batch) iterator that reads them."""
+  name: str  # the result keys' prefix
+  open: Callable[[], tuple[int, Iterator[tuple[str, Batch]]]]
+
+
+def parse_sets(text: str) -> list[str]:
+  """The sets of `config.eval.sets` ('cufed5,sun80'), in order."""
+  sets = [part.strip().lower() for part in text.split(",") if part.strip()]
+  if not sets or any(s not in SETS for s in sets) or len(set(sets)) < len(sets):
+    raise ValueError(f"config.eval.sets {text!r}: expected distinct comma-separated names from "
+                     f"{','.join(SETS)}")
+  return sets
+
+
+def protocol_set(name: str) -> str:
+  """The test set of a protocol name ('level2' -> 'cufed5')."""
+  if name == MULTI_REFERENCE or (name.startswith("level") and name[len("level"):].isdigit()):
+    return "cufed5"
+  return name
+
+
+def describe_reference(name: str, settings: Mapping[str, Any]) -> str:
+  """What served as the reference under protocol `name`, given the `config.eval` values."""
+  seed = settings.get("reference_seed", 0)
+  if name == MULTI_REFERENCE:
+    return "its five references stitched (2500 x 500)"
+  if protocol_set(name) == "cufed5":
+    return f"its level-{name[len('level'):]} reference"
+  return {
+      "sun80": {"random": f"one of its web references, drawn (seed {seed})",
+                "first": "its first web reference by name"}.get(settings.get("sun80_reference")),
+      "urban100": "its own LR image",
+      "manga109": {"random_hr": f"another image of the set, drawn (seed {seed})",
+                   "lr": "its own LR image"}.get(settings.get("manga109_reference")),
+      "wrsr": "its paired reference",
+  }.get(name) or "—"
+
+
+def describe_metric(settings: Mapping[str, Any]) -> str:
+  """The metric protocol of the `config.eval` values in words."""
+  if settings.get("protocol") == "mmagic":
+    crop = settings.get("crop_border")
+    return (f"'mmagic': {'Y channel' if settings.get('y_channel') else 'RGB'}, "
+            f"{4 if crop is None else crop} pixels shaved per side")
+  return "'ttsr': Y channel, no border shaved (the reference's utils.py)"
+
+
+def results_table(record: Mapping[str, Any]) -> list[str]:
+  """The combined table (set x protocol, PSNR/SSIM, bicubic beside) as markdown lines.
+
+  Args:
+    record: an evaluation record as `evaluate_record` makes it (eval_<step>.json): the results
+      ('sun80/psnr', ...) and the `config.eval` values under 'eval'.
   """
+  settings = record.get("eval", {})
+  names = [key[:-len("/psnr")] for key in record if key.endswith("/psnr")]
+  rows = [[SET_TITLES.get(protocol_set(name), name), name, describe_reference(name, settings),
+           *(f"{record[f'{name}/{score}']:.{4 if score.endswith('ssim') else 3}f}"
+             for score in SCORES)] for name in names]
+  sizes = ("cropped at the bottom and right" if settings.get("sizes", "crop") == "crop" else
+           "edge-padded for the model, scored whole")
+  header = ["set", "protocol", "reference", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM"]
+  return [f"Metric {describe_metric(settings)}; sides not multiples of 4 {sizes} (CUFED5: "
+          "cropped, as the reference). Bicubic: the bicubic-upsampled LR input, same metric.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+          *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def evaluate_record(config: ml_collections.ConfigDict, results: Mapping[str, float],
+                    **extra: Any) -> dict[str, Any]:
+  """What eval_<step>.json holds: `extra` (checkpoint, step), the metric protocol, the
+  `config.eval` values under 'eval' and the results."""
+  return {**extra, "protocol": config.eval.protocol, "eval": config.eval.to_dict(), **results}
+
+
+class Evaluator:
+  """Evaluates generator parameters on the test sets and protocols `config.eval` names."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     e = config.eval
+    self._sets = parse_sets(e.sets)
     for level in e.levels:
       if not 1 <= level <= 5:
         raise ValueError(f"config.eval.levels: level {level} is not in 1..5")
     if e.protocol not in metrics_lib.PROTOCOLS:
       raise ValueError(f"config.eval.protocol {e.protocol!r}: expected one of "
                        f"{metrics_lib.PROTOCOLS}")
+    if e.protocol == "ttsr" and (e.crop_border is not None or e.y_channel):
+      raise ValueError("config.eval.crop_border and y_channel apply to protocol 'mmagic' only "
+                       "('ttsr' is the Y channel with no border shaved); leave them None, False")
+    if e.crop_border is not None and e.crop_border < 0:
+      raise ValueError(f"config.eval.crop_border {e.crop_border}: expected >= 0")
+    for key, choices in (("sun80_reference", testsets.SUN80_CHOICES),
+                         ("manga109_reference", testsets.MANGA109_CHOICES),
+                         ("sizes", testsets.SIZE_CHOICES)):
+      if e[key] not in choices:
+        raise ValueError(f"config.eval.{key} {e[key]!r}: expected one of {choices}")
     self._config = config
-    if not self.protocols():
+    self._protocols = self._make_protocols()
+    if not self._protocols:
       raise ValueError("config.eval: no protocol to evaluate; set levels or multi_reference")
     # The metric that ranks checkpoints: the PSNR of the first protocol.
-    self.primary_metric = f"{self.protocols()[0][0]}/psnr"
+    self.primary_metric = f"{self._protocols[0].name}/psnr"
     # The search's chunking bounds its memory on large test images and does not change sr.
     model = step_lib.build_model(config.model).clone(search_chunk_size=e.search_chunk_size)
     self._sr = infer.sr_function(model)
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique
 
-  def protocols(self) -> list[tuple[str, Callable[[], Iterator[tuple[str, Batch]]]]]:
-    """(name, function returning the (image name, batch) iterator) of each protocol."""
-    cufed_dir = self._config.data.cufed_dir
-    protocols = [(f"level{level}", lambda level=level: cufed5.level_samples(cufed_dir, level))
-                 for level in self._config.eval.levels]
-    if self._config.eval.multi_reference:
-      protocols.append((MULTI_REFERENCE, lambda: cufed5.multi_reference_samples(cufed_dir)))
+  def _make_protocols(self) -> list[Protocol]:
+    e, cufed_dir = self._config.eval, self._config.data.cufed_dir
+
+    def cufed(samples_fn: Callable[[], Iterator[tuple[str, Batch]]]):
+      return lambda: (len(files.cufed5_groups(cufed_dir)), samples_fn())
+
+    def listed(pairs_fn: Callable[[], list[testsets.Pair]]):
+      def open_set():
+        pairs = pairs_fn()
+        return len(pairs), testsets.batches(pairs, e.sizes)
+      return open_set
+
+    readers = {
+        "sun80": lambda: testsets.sun80_pairs(e.test_dir, e.sun80_reference, e.reference_seed),
+        "urban100": lambda: testsets.urban100_pairs(e.test_dir),
+        "manga109": lambda: testsets.manga109_pairs(e.test_dir, e.manga109_reference,
+                                                    e.reference_seed),
+        "wrsr": lambda: testsets.wrsr_pairs(e.test_dir),
+    }
+    protocols = []
+    for test_set in self._sets:
+      if test_set != "cufed5":
+        protocols.append(Protocol(test_set, listed(readers[test_set])))
+        continue
+      protocols += [Protocol(f"level{level}",
+                             cufed(lambda level=level: cufed5.level_samples(cufed_dir, level)))
+                    for level in e.levels]
+      if e.multi_reference:
+        protocols.append(Protocol(MULTI_REFERENCE,
+                                  cufed(lambda: cufed5.multi_reference_samples(cufed_dir))))
     return protocols
 
+  def protocols(self) -> list[Protocol]:
+    """The protocols in evaluation order."""
+    return list(self._protocols)
+
+  def check_data(self) -> None:
+    """Lists every protocol's files (reads no image), so a layout error stops a run at once.
+
+    Raises:
+      files.DatasetError: a missing directory, image or reference, naming the path.
+    """
+    for protocol in self._protocols:
+      protocol.open()
+
   def __call__(self, g_params: Params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Mean scores ('level1/psnr', 'level1/bicubic_ssim', ...) and image grids by name.
+    """Mean scores ('level1/psnr', 'sun80/bicubic_ssim', ...) and image grids by name.
 
     `g_params` may be replicated over any mesh; each process evaluates with its first copy.
     """
     params = jax.tree_util.tree_map(lambda x: x.addressable_data(0), g_params)
     self._evaluations += 1
     results, grids = {}, {}
-    for name, make_samples in self.protocols():
-      scores = self._scores(name, make_samples(), params, grids)
-      results.update({f"{name}/{key}": float(np.mean(scores[:, i]))
+    for protocol in self._protocols:
+      scores = self._scores(protocol, params, grids)
+      results.update({f"{protocol.name}/{key}": float(np.mean(scores[:, i]))
                       for i, key in enumerate(SCORES)})
     return results, grids
 
-  def _scores(self, name: str, batches: Iterator[tuple[str, Batch]], params: Params,
+  def _metric(self, sr: np.ndarray, hr: np.ndarray) -> tuple[float, float]:
+    e = self._config.eval
+    if e.protocol == "ttsr":
+      return metrics_lib.calc_psnr_and_ssim(sr, hr, "ttsr")
+    return metrics_lib.calc_psnr_and_ssim(sr, hr, "mmagic", crop_border=e.crop_border,
+                                          y_channel=e.y_channel)
+
+  def _scores(self, protocol: Protocol, params: Params,
               grids: dict[str, np.ndarray]) -> np.ndarray:
     """(images, len(SCORES)) per-image scores of one protocol, the same on every process."""
     e = self._config.eval
     count, index = jax.process_count(), jax.process_index()
+    total, batches = protocol.open()
+    total = min(total, e.num_images) if e.num_images else total
+    progress = tqdm.tqdm(itertools.islice(batches, total), total=total, unit="image",
+                         desc=f"eval {protocol.name}", disable=index > 0)
     rows = []
-    for i, (image, batch) in enumerate(itertools.islice(batches, e.num_images or None)):
+    for i, (image, batch) in enumerate(progress):
       if i % count != index:
         rows.append(np.full(len(SCORES), np.nan))
         continue
       sr = np.asarray(self._sr(params, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr"))))
-      if (name, image) not in self._baseline:
-        self._baseline[name, image] = metrics_lib.calc_psnr_and_ssim(batch["lrsr"], batch["hr"],
-                                                                     e.protocol)
-      rows.append([*metrics_lib.calc_psnr_and_ssim(sr, batch["hr"], e.protocol),
-                   *self._baseline[name, image]])
+      # Inputs padded to multiples of 4 ('pad' sizes) give outputs larger than the target.
+      height, width = batch["hr"].shape[1:3]
+      sr = sr[:, :height, :width]
+      batch = {**batch, "lrsr": batch["lrsr"][:, :height, :width]}
+      if (protocol.name, image) not in self._baseline:
+        self._baseline[protocol.name, image] = self._metric(batch["lrsr"], batch["hr"])
+      rows.append([*self._metric(sr, batch["hr"]), *self._baseline[protocol.name, image]])
       if i < e.num_image_grids:
-        grids[f"{name}/{image}"] = image_grid(batch, sr)
-    if not rows:
-      raise ValueError(f"{self._config.data.cufed_dir}: no CUFED5 test images to evaluate")
+        grids[f"{protocol.name}/{image}"] = image_grid(batch, sr)
     scores = np.asarray(rows, np.float64)
     if count > 1:
-      sync_processes(f"ttsr_eval_{name}_{self._evaluations}")
+      sync_processes(f"ttsr_eval_{protocol.name}_{self._evaluations}")
       gathered = multihost_utils.process_allgather(scores)  # (processes, images, scores)
       scores = gathered[np.arange(len(rows)) % count, np.arange(len(rows))]
     return scores

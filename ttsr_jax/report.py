@@ -524,6 +524,10 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
     lines += ["Evaluations by `launch.py --mode=eval` (eval_<step>.json):", ""]
     lines += _table(["run", "checkpoint", "metric protocol", "protocol", "PSNR", "SSIM",
                      "bicubic PSNR", "bicubic SSIM"], eval_rows) + [""]
+  for run in runs:
+    for record in (r for r in run.eval_files if "eval" in r):
+      lines += [f"Results table of `{record.get('checkpoint', _MISSING)}` ({run.name}):", "",
+                *evaluate_lib.results_table(record), ""]
 
   if plots:
     lines += ["## Curves", ""]

@@ -205,6 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
     raise TrainError(str(e)) from None
   evaluator = _make_evaluator(config)
   vgg_params = _replicate(load_vgg_params(config), mesh)
+  if config.eval_every > 0:
+    evaluator.check_data()  # a missing test set stops the run now, not after an epoch
   shard = load_train_shard(config)
   steps_per_epoch = shard.steps_per_epoch(config.batch_size)
   if steps_per_epoch == 0:
@@ -357,6 +359,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / f"eval_{step}.json", "w") as f:
-      json.dump({"checkpoint": str(directory / str(step)), "step": step,
-                 "protocol": config.eval.protocol, **results}, f, indent=2)
+      json.dump(evaluate_lib.evaluate_record(config, results, checkpoint=str(directory / str(step)),
+                                             step=step), f, indent=2)
   return results
