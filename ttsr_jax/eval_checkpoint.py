@@ -12,12 +12,7 @@ table (markdown) on stdout, a progress bar per protocol on stderr, and writes --
 eval_<step>.json is written (checkpoint, `config.eval` values, results).
 """
 
-import os
-
-# Nothing here needs TensorFlow; should a dependency import it, keep its C++ logs quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import argparse  # pylint: disable=g-import-not-at-top
+import argparse
 import json
 import pathlib
 import sys
