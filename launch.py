@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from data_pipeline import files
 from ttsr_jax import checkpoint
 from ttsr_jax import train
+from ttsr_jax.models import precision
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
@@ -45,10 +46,31 @@ class _OrbaxFilter(py_logging.Filter):
     return record.levelno > py_logging.INFO and "did not provide metrics" not in record.getMessage()
 
 
+def _warn_if_cpu_only(config) -> None:
+  """One warning line when a config sized or tuned for accelerators finds only CPU devices
+  (usually a CPU-only JAX: `pip install -e .` does not bring the CUDA backend)."""
+  if jax.default_backend() != "cpu":
+    return
+  reasons = []
+  if config.model.precision != "exact":
+    reasons.append(f"model.precision={config.model.precision!r} (bfloat16 is slow on CPUs)")
+  if config.model.n_feats >= 64:
+    reasons.append("the paper-sized model")
+  if reasons:
+    logging.warning("JAX sees only CPU devices, but the config asks for %s. For NVIDIA GPUs "
+                    "install JAX's CUDA backend: pip install -e '.[cuda13]' (driver >= 580) or "
+                    "'.[cuda12]' (driver >= 525.60.13); see docs/training.md",
+                    " and ".join(reasons))
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = FLAGS.config
+  try:
+    precision.check(config.model.precision)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if config.distributed.initialize:
     jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address,
                                num_processes=config.distributed.num_processes,
@@ -57,6 +79,7 @@ def main(argv: list[str]) -> None:
   logging.info("JAX process %d of %d, %d local devices of %d (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
+  _warn_if_cpu_only(config)
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)

@@ -1,4 +1,5 @@
-"""Installs ttsr_jax; `pip install -e .[test]` also brings what the test-suite needs."""
+"""Installs ttsr_jax; `pip install -e .[test]` also brings what the test-suite needs, and
+`pip install -e '.[cuda13]'` (or `'.[cuda12]'`) JAX's CUDA backend for NVIDIA GPUs."""
 
 from setuptools import find_packages, setup
 
@@ -29,5 +30,11 @@ setup(
     packages=find_packages(include=["ttsr_jax", "ttsr_jax.*", "data_pipeline", "data_pipeline.*", "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "h5py>=3.10"]},
+    extras_require={
+        "test": ["pytest>=8", "h5py>=3.10"],
+        # NVIDIA GPUs: JAX's CUDA plugin and the CUDA/cuDNN wheels, at the jax version above.
+        # cuda12 needs an NVIDIA driver >= 525.60.13, cuda13 one >= 580 (Linux x86_64/aarch64).
+        "cuda12": ["jax[cuda12]==0.10.2"],
+        "cuda13": ["jax[cuda13]==0.10.2"],
+    },
 )

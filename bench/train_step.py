@@ -1,6 +1,6 @@
 """Prints train-step time, XLA's compiled memory and achieved FLOP/s for the default model.
 
-  python -m bench.train_step [--batch 9] [--steps 3] [--variants rec,all,all_remat,all_bf16,...]
+  python -m bench.train_step [--batch 9] [--steps 3] [--variants rec,all,all_remat,all_fast,...]
                              [--microbatches 1,3,9]
 
 Default model (64 ch, 16+16+8+4), 160x160 patches (LR 40x40), random weights and inputs. Each
@@ -26,9 +26,9 @@ VARIANTS = {
     "all": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), {}),
     "rec_remat": (dict(rec_w=1.0), dict(remat=True)),
     "all_remat": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), dict(remat=True)),
-    "all_bf16": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), dict(dtype="bfloat16")),
-    "all_remat_bf16": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3),
-                       dict(remat=True, dtype="bfloat16")),
+    "all_fast": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3), dict(precision="fast")),
+    "all_remat_fast": (dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3),
+                       dict(remat=True, precision="fast")),
 }
 
 
@@ -83,7 +83,7 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
         state, data, vgg_params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   times = []
-  if steps:  # --steps 0: compile and analyse only (e.g. bf16 on a CPU, where it is slow)
+  if steps:  # --steps 0: compile and analyse only (e.g. 'fast' on a CPU, where bf16 is slow)
     state, metrics = compiled(state, data, vgg_params)
     jax.block_until_ready(metrics)
   for _ in range(steps):

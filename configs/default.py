@@ -16,7 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
       res_scale=1.0,
       lte_reduce_lv3=False,  # Exp1-3: extra 256->64 conv at the end of the LTE
       search_chunk_size=0,  # LR positions per relevance block; 0 = whole matrix (small images)
-      dtype="float32",  # 'bfloat16' computes in bf16 with float32 parameters and losses
+      # 'exact': float32 at full precision everywhere (the reference's numbers); 'fast': bfloat16
+      # convolutions in MainNet, the perceptual VGG19 and the discriminator, for GPUs/TPUs.
+      # Parameters, gradients, optimiser states and losses stay float32 (docs/training.md).
+      precision="exact",
       remat=False,  # recompute MainNet stage activations in the backward pass
       # Converted torchvision VGG19 weights (.npz, see `python -m ttsr_jax.tools.vgg19`) for the
       # LTE initialisation and the perceptual loss; None = random init (demo and tests only).
@@ -50,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 10  # epochs between checkpoints (also after evaluations and the last)
   config.keep_checkpoints = 3  # latest checkpoints kept, besides the best by PSNR
   config.log_every = 100  # steps averaged per logged value (train.sh prints every 600)
+  # Steps traced by jax.profiler into WORKDIR/tensorboard (TensorBoard's profile tab), from the
+  # run's second step; 0 = off.
+  config.profile_steps = 0
 
   config.data = ml_collections.ConfigDict(dict(
       cufed_dir="data/CUFED",  # train/input, train/ref and test/CUFED5 (docs/data.md)

@@ -29,8 +29,8 @@ PathLike = Union[str, pathlib.Path]
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "psnr"
 # Config fields that fix the parameters' shapes or the function they compute; a checkpoint
-# written with other values cannot be resumed or evaluated under this config. (dtype, remat and
-# search_chunk_size do not change the function; the VGG19 file only matters at initialisation.)
+# written with other values cannot be resumed or evaluated under this config. (precision, remat and
+# search_chunk_size change at most rounding; the VGG19 file only matters at initialisation.)
 MODEL_FIELDS = tuple(f"model.{key}" for key in infer.ARCHITECTURE_KEYS) + ("train_crop_size",)
 
 

@@ -57,7 +57,7 @@ Params = dict[str, Any]
 PathLike = Union[str, os.PathLike]
 
 SCALE = samples.SCALE
-# Architecture fields of a model config; the rest (dtype, remat, ...) do not change the function.
+# Architecture fields of a model config; the rest (precision, remat, ...) change only rounding.
 ARCHITECTURE_KEYS = ("n_feats", "num_res_blocks", "res_scale", "lte_reduce_lv3")
 STATE_DICT_SUFFIXES = (".npz", ".pt", ".pth")
 # A reference must hold at least one whole 3x3 patch of its lv3 (1/4 resolution) feature grid.

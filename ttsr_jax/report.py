@@ -259,7 +259,7 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
   config = ml_collections.ConfigDict(run.config)
   params, _ = infer.load_checkpoint_params(directory / str(step))
   params = jax.device_put(params)
-  # The evaluation's model: the run's dtype, and the search chunked for large test images.
+  # The evaluation's model: the run's precision, and the search chunked for large test images.
   model = step_lib.build_model(config.model).clone(search_chunk_size=config.eval.search_chunk_size)
   sr_fn = infer.sr_function(model)
   out_dir = pathlib.Path(out_dir)
@@ -391,7 +391,7 @@ def _config_rows(run: Run) -> list[tuple[str, str]]:
       ("learning rate: main / LTE / D", get("optim.lr", "optim.lr_lte", "optim.lr_dis")),
       ("model: n_feats, residual blocks", get("model.n_feats", "model.num_res_blocks", sep=", ")),
       ("LTE 256->64 conv (Exp1-3)", get("model.lte_reduce_lv3")),
-      ("dtype, remat", get("model.dtype", "model.remat", sep=", ")),
+      ("precision, remat", get("model.precision", "model.remat", sep=", ")),
       ("VGG19 weights", vgg),
       ("training patch (HR)",
        _format(4 * c["train_crop_size"]) if "train_crop_size" in c else _MISSING),

@@ -21,6 +21,7 @@ import optax
 from data_pipeline import samples
 from ttsr_jax import losses
 from ttsr_jax import sharding
+from ttsr_jax.models import precision
 from ttsr_jax.models.discriminator import Discriminator
 from ttsr_jax.models.ttsr import TTSR
 from ttsr_jax.models.vgg import VGG19
@@ -41,22 +42,29 @@ class TrainState:
 
 
 def build_model(model_config: ml_collections.ConfigDict, loop_backward: bool = False) -> TTSR:
-  """`loop_backward`: differentiated inside a loop on XLA:CPU (see layers.conv2d)."""
+  """`loop_backward`: differentiated inside a loop on XLA:CPU (see layers.conv2d).
+
+  Raises:
+    ValueError: an unknown `precision` policy.
+  """
+  precision.check(model_config.precision)
   return TTSR(n_feats=model_config.n_feats, num_res_blocks=tuple(model_config.num_res_blocks),
               res_scale=model_config.res_scale, lte_reduce_lv3=model_config.lte_reduce_lv3,
               search_chunk_size=model_config.search_chunk_size,
-              dtype=jnp.dtype(model_config.dtype), remat=model_config.remat,
+              precision=model_config.precision, remat=model_config.remat,
               loop_backward=loop_backward)
 
 
 def build_discriminator(config: ml_collections.ConfigDict,
                         loop_backward: bool = False) -> Discriminator:
-  return Discriminator(in_size=4 * config.train_crop_size, dtype=jnp.dtype(config.model.dtype),
+  dtype = precision.compute_dtype(config.model.precision, "discriminator")
+  return Discriminator(in_size=4 * config.train_crop_size, dtype=dtype,
                        loop_backward=loop_backward)
 
 
 def build_vgg(config: ml_collections.ConfigDict, loop_backward: bool = False) -> VGG19:
-  return VGG19(dtype=jnp.dtype(config.model.dtype), loop_backward=loop_backward)
+  dtype = precision.compute_dtype(config.model.precision, "vgg")
+  return VGG19(dtype=dtype, loop_backward=loop_backward)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ Workdir layout:
   checkpoints/<step>/   Orbax checkpoints (see `ttsr_jax/checkpoint.py`)
   tensorboard/          TensorBoard events: train/* (losses, learning rates, D scores, averaged
                         over `log_every` steps), eval/* (PSNR/SSIM per protocol, image grids),
-                        steps_per_sec
+                        steps_per_sec; plugins/profile/ holds the jax.profiler trace of
+                        `profile_steps` steps (TensorBoard's profile tab)
   evals.jsonl           one line per evaluation during training
   eval_<step>.json      written by `evaluate`
 """
@@ -172,6 +173,43 @@ class _IntervalMetrics:
         f"train/{k}": float(np.mean([m[k] for m in pending if k in m])) for k in sorted(keys)})
 
 
+class StepProfiler:
+  """Writes a jax.profiler trace of `num_steps` training steps into `log_dir` (TensorBoard's
+  profile tab reads LOG_DIR/plugins/profile). 0 steps: off.
+
+  The trace starts after the run's first step, so that it shows steady steps rather than
+  one-time work; it ends after waiting for the last traced step's outputs, so that their device
+  work is inside it.
+  """
+
+  def __init__(self, log_dir: PathLike, num_steps: int):
+    self._log_dir = str(log_dir)
+    self._num_steps = num_steps
+    self._steps_seen = 0
+    self._active = False
+
+  def before_step(self, step: int) -> None:
+    """`step`: the iterations done before this one, for the log line."""
+    if self._num_steps > 0 and self._steps_seen == 1:
+      jax.profiler.start_trace(self._log_dir)
+      self._active = True
+      logging.info("Profiling %d steps from step %d", self._num_steps, step + 1)
+    self._steps_seen += 1
+
+  def after_step(self, outputs: Any) -> None:
+    """`outputs`: the step's outputs, waited for before the trace ends."""
+    if self._active and self._steps_seen == 1 + self._num_steps:
+      jax.block_until_ready(outputs)
+      self.close()
+      logging.info("Profile written to %s/plugins/profile", self._log_dir)
+
+  def close(self) -> None:
+    """Ends the trace early (the run stopped inside it); idempotent."""
+    if self._active:
+      jax.profiler.stop_trace()
+      self._active = False
+
+
 def _write_json_line(path: pathlib.Path, record: dict[str, Any]) -> None:
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
@@ -223,6 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   writer = metric_writers.create_default_writer(workdir / "tensorboard",
                                                 just_logging=jax.process_index() > 0)
   preemption = _Preemption()
+  profiler = StepProfiler(workdir / "tensorboard", config.profile_steps)
   try:
     latest = mngr.latest_step()
     if latest is None:
@@ -260,8 +299,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
           logging.warning("SIGTERM: stopped at step %d; the checkpoint of that step is in %s",
                           step, workdir / checkpoint.CHECKPOINT_DIR)
           return last_eval
+        profiler.before_step(step)
         state, metrics = train_steps[warmup](state, batch, vgg_params)
         step += 1
+        profiler.after_step(metrics)
         interval.add(step, metrics)
         report(step)
         if step % config.log_every == 0:
@@ -283,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
                  workdir / checkpoint.CHECKPOINT_DIR)
     return last_eval
   finally:
+    profiler.close()
     preemption.close()
     mngr.close()
     writer.close()

@@ -3,8 +3,8 @@
 Flax's `nn.Conv` derives the bias init without the fan-in and pads stride-2 convs asymmetrically
 under 'SAME'; the reference's layers need U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for kernel and bias
 and symmetric padding, so we write the two layers out. Parameters stay float32; `dtype` is the
-compute dtype (bfloat16 for the memory knob), and float32 runs at full precision because TF32
-passes on GPUs flip the search's argmax.
+compute dtype (bfloat16 under the 'fast' policy, models/precision.py), and float32 runs at
+`Precision.HIGHEST` because TF32 passes on GPUs flip the search's argmax.
 """
 
 import functools

@@ -5,6 +5,7 @@ from typing import NamedTuple, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ttsr_jax.models import precision as precision_lib
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.main_net import MainNet
 from ttsr_jax.models.search_transfer import search, transfer
@@ -40,26 +41,31 @@ class TTSR(nn.Module):
   res_scale: float = 1.0
   lte_reduce_lv3: bool = False
   search_chunk_size: int = 0
-  dtype: jnp.dtype = jnp.float32
+  precision: str = "exact"  # a policy of models/precision.py
   remat: bool = False
   loop_backward: bool = False  # see layers.conv2d
 
   def setup(self):
-    self.LTE = LTE(self.lte_reduce_lv3, self.dtype, self.loop_backward)
-    self.MainNet = MainNet(self.n_feats, tuple(self.num_res_blocks), self.res_scale, self.dtype,
-                           self.remat, self.loop_backward)
+    dtype = lambda network: precision_lib.compute_dtype(self.precision, network)
+    self.LTE = LTE(self.lte_reduce_lv3, dtype("lte"), self.loop_backward)
+    self.MainNet = MainNet(self.n_feats, tuple(self.num_res_blocks), self.res_scale,
+                           dtype("main_net"), self.remat, self.loop_backward)
 
   def __call__(self, lr, lrsr, ref, refsr, index: Optional[jnp.ndarray] = None) -> TTSROutput:
-    """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests)."""
-    _, _, lrsr_lv3 = self.LTE(to_unit_range(lrsr))
-    _, _, refsr_lv3 = self.LTE(to_unit_range(refsr))
-    ref_lv1, ref_lv2, ref_lv3 = self.LTE(to_unit_range(ref))
+    """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests).
+
+    Every output is float32 whatever the precision policy (the losses reduce them in float32).
+    """
+    _, _, lrsr_lv3 = self.texture_features(to_unit_range(lrsr))
+    _, _, refsr_lv3 = self.texture_features(to_unit_range(refsr))
+    ref_lv1, ref_lv2, ref_lv3 = self.texture_features(to_unit_range(ref))
     s, index = search(lrsr_lv3, refsr_lv3, self.search_chunk_size, index)
     lr_hw = lr.shape[1:3]
     t_lv3, t_lv2, t_lv1 = transfer(index, refsr_lv3.shape[2], lr_hw, ref_lv1, ref_lv2, ref_lv3)
-    sr = self.MainNet(lr, s, t_lv3, t_lv2, t_lv1)
-    return TTSROutput(sr, s.astype(jnp.float32), t_lv3, t_lv2, t_lv1, index)
+    sr = self.MainNet(lr, s, t_lv3, t_lv2, t_lv1).astype(jnp.float32)
+    return TTSROutput(sr, s, t_lv3, t_lv2, t_lv1, index)
 
   def texture_features(self, x01: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """LTE features (lv1, lv2, lv3) of [0, 1] images, e.g. of sr for the texture loss."""
-    return self.LTE(x01)
+    """float32 LTE features (lv1, lv2, lv3) of [0, 1] images (also of sr, for the texture loss);
+    the search needs them in float32 whatever dtype the LTE computes in."""
+    return tuple(f.astype(jnp.float32) for f in self.LTE(x01))

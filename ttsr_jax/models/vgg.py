@@ -77,9 +77,11 @@ class VGG19(nn.Module):
   """Frozen VGG19 feature network used by the perceptual loss (relu5_1 by default)."""
 
   last: str = "relu5_1"
-  dtype: jnp.dtype = jnp.float32
+  dtype: jnp.dtype = jnp.float32  # compute dtype (models/precision.py)
   loop_backward: bool = False  # see layers.conv2d
 
   @nn.compact
   def __call__(self, x01: jnp.ndarray) -> jnp.ndarray:
-    return vgg19_features(x01, (self.last,), self.dtype, self.loop_backward)[self.last]
+    """float32 features (the perceptual loss reduces them in float32) whatever `dtype`."""
+    features = vgg19_features(x01, (self.last,), self.dtype, self.loop_backward)[self.last]
+    return features.astype(jnp.float32)

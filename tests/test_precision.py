@@ -1,0 +1,102 @@
+"""The precision policies (models/precision.py): what 'fast' computes in bfloat16 and what it
+keeps in float32, how far it moves a tiny model, and the profiler switch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny_configs
+from ttsr_jax import step as step_lib
+from ttsr_jax import train
+from ttsr_jax.models.ttsr import TTSR
+
+TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))
+
+
+def _images(n, lr_hw, ref_hw, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  h, w = lr_hw
+  shapes = ((n, h, w, 3), (n, 4 * h, 4 * w, 3), (n, *ref_hw, 3), (n, *ref_hw, 3))
+  return [jax.random.uniform(k, s, minval=-1, maxval=1) for k, s in zip(keys, shapes)]
+
+
+@pytest.fixture(scope="module")
+def forwards():
+  """Outputs of the same tiny TTSR under 'exact' and 'fast'."""
+  inputs = _images(1, (4, 4), (16, 16))  # test_model.py's shapes: its compiled init is reused
+  params = jax.jit(TTSR(**TINY).init)(jax.random.key(0), *inputs)["params"]
+  return {p: jax.jit(TTSR(**TINY, precision=p).apply)({"params": params}, *inputs)
+          for p in ("exact", "fast")}
+
+
+def test_fast_outputs_are_float32_and_close_to_exact(forwards):
+  exact, fast = forwards["exact"], forwards["fast"]
+  for name, value in fast._asdict().items():
+    if name != "index":
+      assert value.dtype == jnp.float32, name
+  diff = float(jnp.abs(fast.sr - exact.sr).max())
+  # bfloat16 keeps 8 significant bits: sr moves, but by far less than one uint8 level (2/255).
+  assert 0 < diff < 2 / 255, diff
+
+
+def test_fast_search_runs_in_float32(forwards):
+  # The LTE and the search compute in float32 under 'fast': the same argmax, S and textures.
+  exact, fast = forwards["exact"], forwards["fast"]
+  np.testing.assert_array_equal(np.asarray(fast.index), np.asarray(exact.index))
+  for name in ("S", "T_lv3", "T_lv2", "T_lv1"):
+    np.testing.assert_allclose(getattr(fast, name), getattr(exact, name), rtol=1e-6, atol=1e-7,
+                               err_msg=name)
+
+
+def test_fast_step_keeps_parameters_gradients_and_optimiser_in_float32():
+  # Traced, not compiled: the dtypes are fixed at tracing, and bfloat16 compiles slowly on CPUs.
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
+  config.model.precision = "fast"
+  config.loss.update(tpl_w=0.0, gan_k=1)  # the texture loss's LTE is float32 anyway
+  vgg = jax.eval_shape(lambda: step_lib.init_vgg_params(config, jax.random.key(1)))
+  state = jax.eval_shape(lambda v: step_lib.create_train_state(config, v, 10), vgg)
+  hr, ref = _images(2, (32, 32), (32, 32))[2:]
+  batch = dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref)
+  gradients, d_params, d_opt_state, metrics = jax.eval_shape(
+      step_lib.make_gradient_fn(config, 10, warmup=False), state, batch, vgg)
+  trees = {"state": state, "gradients": gradients, "d_params": d_params,
+           "d_opt_state": d_opt_state, "metrics": metrics}
+  for name, tree in trees.items():
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert leaf.dtype == jnp.float32, (name, jax.tree_util.keystr(path))
+  assert set(metrics) >= {"loss/per", "loss/adv", "d/gradient_penalty"}
+
+
+def test_unknown_precision_is_a_clear_error():
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
+  config.model.precision = "half"
+  with pytest.raises(ValueError, match=r"config.model.precision 'half': expected one of "
+                                       r"'exact', 'fast'"):
+    step_lib.build_model(config.model)
+
+
+@pytest.mark.parametrize("num_steps", [0, 2])
+def test_profiler_traces_steps_after_the_first(tmp_path, num_steps):
+  double = jax.jit(lambda x: 2 * x)
+  profiler = train.StepProfiler(tmp_path, num_steps)
+  x = jnp.ones(4)
+  for step in range(4):
+    profiler.before_step(step)
+    x = double(x)
+    profiler.after_step(x)
+  profiler.close()
+  traces = list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+  assert len(traces) == (1 if num_steps else 0)
+
+
+def test_accelerator_config_on_cpu_only_logs_how_to_install(caplog):
+  import launch  # pylint: disable=import-outside-toplevel  # defines absl flags
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
+  with caplog.at_level("WARNING"):
+    launch._warn_if_cpu_only(config)  # pylint: disable=protected-access
+    assert not caplog.records
+    config.model.precision = "fast"
+    launch._warn_if_cpu_only(config)  # pylint: disable=protected-access
+  assert "model.precision='fast'" in caplog.text and "pip install -e '.[cuda13]'" in caplog.text
