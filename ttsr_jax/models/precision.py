@@ -8,8 +8,8 @@ relevance search (normalisation, dot products, argmax, S) always computes in flo
 
 - 'exact': everything float32, the reference's numbers (the parity tests).
 - 'fast': bfloat16 convolutions in MainNet, the perceptual VGG19 and the discriminator. The LTE
-  stays float32: it feeds the search, and in bfloat16 it flips the argmax at about a quarter of
-  the positions of the parity cases (docs/benchmarks.md, "Precision policies").
+  stays float32: it feeds the search, and in bfloat16 it changes some argmax positions of the
+  parity cases and moves sr several times as much (docs/benchmarks.md, "Precision policies").
 """
 
 import jax.numpy as jnp
