@@ -33,7 +33,7 @@ import numpy as np
 from bench import search_memory
 from configs import default
 from data_pipeline import samples
-from ttsr_jax import infer, sharding, step
+from ttsr_jax import predict, sharding, step
 
 # Dense peak TFLOP/s by device-kind substring (vendor data sheets; SXM parts): 'exact' runs
 # float32 at Precision.HIGHEST (no TF32 tensor cores), 'fast' mostly bfloat16.
@@ -144,7 +144,7 @@ def _inference_images(case: str) -> dict[str, np.ndarray]:
     ref = samples.stitch_references([ref] * 5)
   else:
     lr, ref = search_memory._images(case)  # pylint: disable=protected-access
-  return infer.prepare_inputs(lr, ref)
+  return predict.prepare_inputs(lr, ref)
 
 
 def run_inference(precision: str, case: str, smoke: bool) -> dict:
@@ -153,11 +153,11 @@ def run_inference(precision: str, case: str, smoke: bool) -> dict:
   params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = _inference_images(case)
   inputs = [samples.normalize(images[k])[None] for k in ("lr", "lrsr", "ref", "refsr")]
-  xla_gb = _xla_bytes(infer.sr_function(model).lower(params, *inputs).compile()) / 1e9
+  xla_gb = _xla_bytes(predict.sr_function(model).lower(params, *inputs).compile()) / 1e9
   times = []
   for _ in range(2):
     t = time.perf_counter()
-    sr = infer.super_resolve(model, params, images)
+    sr = predict.super_resolve(model, params, images).sr
     times.append(time.perf_counter() - t)
   return dict(precision=precision, case=case, out=f"{sr.shape[1]}x{sr.shape[0]}",
               ref=f"{images['ref'].shape[1]}x{images['ref'].shape[0]}", first_s=times[0],

@@ -14,8 +14,10 @@ from PIL import Image
 
 from configs.default import get_config
 from data_pipeline import samples
+from ttsr_jax import checkpoint
 from ttsr_jax import convert
 from ttsr_jax import infer
+from ttsr_jax import predict
 from ttsr_jax import step as step_lib
 from ttsr_jax.models.ttsr import TTSR
 from parity import load_case
@@ -50,7 +52,7 @@ def _main(argv, capsys) -> tuple[int, str, str]:
 def tiny_params():
   # Random values of the right shapes: no init program to compile.
   rng = np.random.default_rng(0)
-  shapes = infer.abstract_generator_params(TINY)
+  shapes = checkpoint.abstract_generator_params(TINY)
   return jax.tree_util.tree_map(
       lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
 
@@ -63,7 +65,7 @@ def tiny_npz(tmp_path_factory, tiny_params) -> pathlib.Path:
 
 
 def _write_orbax(workdir: pathlib.Path, g_params, model_overrides=None, step: int = 3) -> None:
-  """A checkpoint in the layout infer.py documents, with a whole TrainState."""
+  """A checkpoint in the layout checkpoint.py documents, with a whole TrainState."""
   config = get_config()
   config.model.update(TINY)
   config.model.update(model_overrides or {})
@@ -129,9 +131,10 @@ def test_case_b_from_the_command_line(case_b_files, tmp_path):
   assert result.returncode == 0, result.stderr
   np.testing.assert_array_equal(_read_png(out), want)
   compare = _read_png(tmp_path / "cli" / "sr_compare.png")
-  # bicubic | TTSR | the 148x108 (cropped) reference resized to 144 rows: 105 columns
-  assert compare.shape == (144, 208 + 8 + 208 + 8 + 105, 3)
-  np.testing.assert_array_equal(compare[:, 216:424], want)
+  # bicubic | TTSR | the 148x108 (cropped) reference resized to 144 rows: 105 columns, under
+  # their captions
+  assert compare.shape == (predict.CAPTION_HEIGHT + 144, 208 + 8 + 208 + 8 + 105, 3)
+  np.testing.assert_array_equal(compare[predict.CAPTION_HEIGHT:, 216:424], want)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ def test_case_b_from_the_command_line(case_b_files, tmp_path):
 def test_orbax_checkpoint_loads_generator_and_config(workdir, tiny_params, where):
   path = {"workdir": workdir, "checkpoints": workdir / "checkpoints",
           "step": workdir / "checkpoints" / "3"}[where]
-  params, model_config = infer.load_checkpoint_params(path)
+  params, model_config = checkpoint.load_generator(path)
   assert model_config == dict(TINY_CONFIG, res_scale=1.0)
   assert _tree_equal(params, tiny_params)
 
@@ -148,13 +151,13 @@ def test_orbax_checkpoint_loads_generator_and_config(workdir, tiny_params, where
 def test_orbax_and_state_dict_give_the_same_image(workdir, tiny_npz, tiny_params, pair, tmp_path,
                                                   capsys):
   lr, ref = pair
-  for name, checkpoint in (("orbax", workdir), ("npz", tiny_npz)):
-    code, _, err = _main(["--checkpoint", checkpoint, "--lr", lr, "--ref", ref,
+  for name, path in (("orbax", workdir), ("npz", tiny_npz)):
+    code, _, err = _main(["--checkpoint", path, "--lr", lr, "--ref", ref,
                           "--out", tmp_path / f"{name}.png"], capsys)
     assert code == 0, err
-  images = infer.prepare_inputs(_read_png(lr), _read_png(ref))
-  want = infer.super_resolve(TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE),
-                             tiny_params, images)
+  images = predict.prepare_inputs(_read_png(lr), _read_png(ref))
+  want = predict.super_resolve(TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE),
+                             tiny_params, images).sr
   np.testing.assert_array_equal(_read_png(tmp_path / "orbax.png"), want)
   np.testing.assert_array_equal(_read_png(tmp_path / "npz.png"), want)
 
@@ -175,7 +178,7 @@ def test_export_then_import_is_the_identity(workdir, tiny_params, tmp_path, caps
   assert "n_feats 8, num_res_blocks 1+1+1+1" in stdout
   with np.load(out) as exported:
     assert {"LTE.sub_mean.weight", "MainNet.SFE.conv_head.weight"} <= set(exported.files)
-  params, model_config = infer.load_checkpoint_params(out)
+  params, model_config = checkpoint.load_generator(out)
   assert model_config == TINY_CONFIG
   assert _tree_equal(params, tiny_params)
 
@@ -183,8 +186,8 @@ def test_export_then_import_is_the_identity(workdir, tiny_params, tmp_path, caps
 def test_export_to_pytorch_round_trip(workdir, tiny_params, tmp_path):
   pytest.importorskip("torch", reason="writing/reading .pt needs torch, an optional dependency")
   out = tmp_path / "ttsr.pt"
-  infer.export_checkpoint(workdir, out)
-  params, _ = infer.load_checkpoint_params(out)
+  checkpoint.export_generator(workdir, out)
+  params, _ = checkpoint.load_generator(out)
   assert _tree_equal(params, tiny_params)
 
 
@@ -210,7 +213,8 @@ def test_folders_pair_by_name_and_stitch_several_references(tiny_npz, tiny_param
     ref_images = [_read_png(r) for r in refs]
     # The CUFED5 protocol's tile, which these small references fit.
     ref = ref_images[0] if len(refs) == 1 else samples.stitch_references(ref_images)
-    want = infer.super_resolve(model, tiny_params, infer.prepare_inputs(_read_png(lr), ref))
+    images = predict.prepare_inputs(_read_png(lr), ref)
+    want = predict.super_resolve(model, tiny_params, images).sr
     np.testing.assert_array_equal(_read_png(out / lr.name), want)
 
 
@@ -266,8 +270,9 @@ def _bad_inputs(tmp: pathlib.Path, tiny_npz: pathlib.Path, workdir: pathlib.Path
                           "no LR image in " + str(tmp / "lrs") + " for b"),
       "one name twice": (infer_args(tiny_npz, tmp / "lrs", tmp / "twice"),
                          "twice: several entries named 'a' (a.jpg, a.png); keep one"),
-      "folder with a file": (infer_args(tiny_npz, tmp / "lrs", ref),
-                             "is a directory, so --ref must be one directory"),
+      "folder with a folder and a file": (["--checkpoint", tiny_npz, "--lr", tmp / "lrs", "--ref",
+                                           tmp / "refs", ref, "--out", tmp / "o"],
+                                          "is a directory, so --ref must be one directory"),
       "n_feats flag": (infer_args(tiny_npz, lr, ref, "--n_feats", 16),
                        "tiny.npz: the checkpoint has n_feats=8, --n_feats asks for 16"),
       "num_res_blocks flag": (infer_args(workdir, lr, ref, "--num_res_blocks", "16+16+8+4"),
@@ -317,3 +322,64 @@ def test_command_line_error_has_no_traceback(tmp_path):
       cwd=REPO, capture_output=True, text=True, check=False)
   assert result.returncode == 1
   assert result.stderr == f"error: {tmp_path / 'none.png'}: image file not found\n"
+
+
+# --- tiles, a shared reference, --explain, and nothing partial on failure ------------------------
+
+def test_tiles_show_progress_and_a_shared_reference_is_prepared_once(tiny_npz, tiny_params, pair,
+                                                                    tmp_path, capsys,
+                                                                    monkeypatch):
+  lr, ref = pair
+  for name in ("a", "b"):
+    _write_png(tmp_path / "lr" / f"{name}.png", _read_png(lr))
+  calls = []
+  features = predict.reference_features
+  monkeypatch.setattr(predict, "reference_features",
+                      lambda *args: calls.append(1) or features(*args))
+  # 4 x 4 LR windows (16 output pixels) with a halo of 1: two tiles per axis of the 6 x 5 LR.
+  code, stdout, err = _main(["--checkpoint", tiny_npz, "--lr", tmp_path / "lr", "--ref", ref,
+                             "--out", tmp_path / "out", "--tile", 16, "--halo", 1, "--explain"],
+                            capsys)
+  assert code == 0, err
+  assert len(calls) == 1
+  assert [line.split(":")[0] for line in stdout.splitlines()] == ["[1/2] a.png", "[2/2] b.png"]
+  assert "4/4 tiles" in err and "ETA" in err
+  assert {p.name for p in (tmp_path / "out").iterdir()} == {
+      f"{n}{s}.png" for n in "ab" for s in ("", "_confidence", "_correspondence")}
+  model = TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE)
+  want = predict.super_resolve(model, tiny_params, predict.prepare_inputs(_read_png(lr),
+                                                                          _read_png(ref)),
+                               tile=16, halo=1).sr
+  np.testing.assert_array_equal(_read_png(tmp_path / "out" / "b.png"), want)
+
+
+def test_a_failure_leaves_no_output_file(tiny_npz, pair, tmp_path, capsys, monkeypatch):
+  lr, ref = pair
+
+  def fail(*args):
+    raise infer.InferError("rendering failed")
+
+  monkeypatch.setattr(infer.explain, "correspondence_image", fail)
+  code, _, err = _main(["--checkpoint", tiny_npz, "--lr", lr, "--ref", ref, "--out",
+                        tmp_path / "out" / "sr.png", "--explain", "--compare"], capsys)
+  assert code == 1 and "rendering failed" in err
+  assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_size_limits_are_one_line_errors(tiny_npz, pair, tmp_path, capsys):
+  lr, ref = pair
+  tiny_lr = _write_png(tmp_path / "tiny_lr.png", _random_image((2, 7), 3))
+  cases = {
+      "LR too small": (["--lr", tiny_lr, "--ref", ref], "tiny_lr.png: image is 2x7, expected at "
+                       "least 3x3"),
+      "tile inside its halo": (["--lr", lr, "--ref", ref, "--tile", 64, "--halo", 8],
+                               "--tile 64: a tile of 16 LR pixels has no room inside its halo of "
+                               "8 LR pixels on each side; expected --tile of at least 68"),
+      "exact halo": (["--lr", lr, "--ref", ref, "--tile", 64, "--exact_halo"],
+                     f"halo of {infer.tiling.exact_halo((1, 1, 1, 1))} LR pixels"),
+  }
+  for name, (argv, message) in cases.items():
+    out = tmp_path / f"{name}.png"
+    code, _, err = _main(["--checkpoint", tiny_npz, *argv, "--out", out], capsys)
+    assert code == 1 and err.count("\n") == 1 and message in err, (name, err)
+    assert not out.exists()

@@ -20,6 +20,7 @@ from PIL import Image
 
 from data_pipeline import cufed5
 from tiny_runs import STEPS_PER_EPOCH
+from ttsr_jax import predict
 from ttsr_jax import report
 from ttsr_jax import train
 
@@ -182,7 +183,8 @@ def test_samples_come_from_the_best_checkpoint(runs, written):
                                                        f"{image_name}.png"))
       hr = np.round((batch["hr"][0] + 1) * 127.5).astype(np.uint8)
       lr = np.round((batch["lr"][0] + 1) * 127.5).astype(np.uint8)
-      assert grid.shape[0] == hr.shape[0]
+      assert grid.shape[0] == predict.CAPTION_HEIGHT + hr.shape[0]
+      grid = grid[predict.CAPTION_HEIGHT:]  # below the captions
       np.testing.assert_array_equal(grid[:, :hr.shape[1]], lr.repeat(4, axis=0).repeat(4, axis=1))
       np.testing.assert_array_equal(grid[:, -hr.shape[1]:], hr)
     # The loop's grid of the first test image at the best step (config.eval.num_image_grids is

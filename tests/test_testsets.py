@@ -18,7 +18,7 @@ from data_pipeline import testsets
 from ttsr_jax import convert
 from ttsr_jax import eval_checkpoint
 from ttsr_jax import evaluate
-from ttsr_jax import infer
+from ttsr_jax import checkpoint
 from ttsr_jax import metrics
 from ttsr_jax import report
 
@@ -171,11 +171,11 @@ def test_command_evaluates_every_set_from_a_state_dict(root, tmp_path, capsys):
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
       lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32),
-      infer.abstract_generator_params(TINY))
-  checkpoint = tmp_path / "tiny.npz"
-  np.savez(checkpoint, **convert.export_state_dict(params))
+      checkpoint.abstract_generator_params(TINY))
+  state_dict = tmp_path / "tiny.npz"
+  np.savez(state_dict, **convert.export_state_dict(params))
   out = tmp_path / "out" / "results.json"
-  args = ["--checkpoint", checkpoint, "--cufed_dir", root / "CUFED", "--test_dir",
+  args = ["--checkpoint", state_dict, "--cufed_dir", root / "CUFED", "--test_dir",
           root / "testsets", "--sets", "cufed5,sun80,urban100,manga109,wrsr", "--out", out,
           "--manga109_reference", "lr"]  # another HR image would be a second model shape
   assert eval_checkpoint.main([str(a) for a in args]) == 0

@@ -25,8 +25,8 @@ import ml_collections
 
 from configs import default
 from data_pipeline import files
+from ttsr_jax import checkpoint
 from ttsr_jax import evaluate
-from ttsr_jax import infer
 
 
 def _parse_bool(text: str) -> bool:
@@ -80,15 +80,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser(default.get_config().eval).parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax reports every restore at INFO
   try:
-    params, model_config = infer.load_checkpoint_params(args.checkpoint, res_scale=args.res_scale)
+    params, model_config = checkpoint.load_generator(args.checkpoint, res_scale=args.res_scale)
     config = eval_config(args, model_config)
-    try:
-      evaluator = evaluate.Evaluator(config)
-    except ValueError as e:  # eval values it cannot evaluate
-      raise infer.InferError(str(e)) from None
+    evaluator = evaluate.Evaluator(config)  # ValueError: eval values it cannot evaluate
     evaluator.check_data()
+  except (checkpoint.CheckpointError, files.DatasetError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  try:
     results, _ = evaluator(jax.device_put(params))
-  except (infer.InferError, files.DatasetError) as e:
+  except files.DatasetError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   record = evaluate.evaluate_record(config, results, checkpoint=str(args.checkpoint))

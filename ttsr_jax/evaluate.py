@@ -27,10 +27,9 @@ import tqdm
 
 from data_pipeline import cufed5
 from data_pipeline import files
-from data_pipeline import samples
 from data_pipeline import testsets
-from ttsr_jax import infer
 from ttsr_jax import metrics as metrics_lib
+from ttsr_jax import predict
 from ttsr_jax import step as step_lib
 
 Params = Any
@@ -38,7 +37,6 @@ Batch = dict[str, np.ndarray]
 SCORES = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 _BARRIER_TIMEOUT_MS = 3600 * 1000
 MULTI_REFERENCE = "multi_reference"
-_GAP = 8  # white pixels between the panels of an image grid
 
 
 def sync_processes(name: str) -> None:
@@ -52,17 +50,12 @@ def sync_processes(name: str) -> None:
 
 
 def image_grid(batch: Batch, sr: np.ndarray) -> np.ndarray:
-  """LR upscaled (bicubic) | reference | output | ground truth as one uint8 row.
-
-  The reference is bicubic-resized to the row's height (it has its own size, and the stitched
-  five-reference image is much taller than the test image).
-  """
-  lrsr, ref, out, hr = (infer.to_uint8(x[0]) for x in (batch["lrsr"], batch["ref"], sr,
-                                                         batch["hr"]))
-  height = hr.shape[0]
-  ref = samples.resize_bicubic(ref, height, max(1, round(ref.shape[1] * height / ref.shape[0])))
-  gap = np.full((height, _GAP, 3), 255, np.uint8)
-  return np.concatenate([lrsr, gap, ref, gap, out, gap, hr], axis=1)
+  """bicubic | reference | TTSR | ground truth, captioned, as one uint8 row (`predict.panels`;
+  the reference is resized to the row's height)."""
+  lrsr, ref, out, hr = (predict.to_uint8(x[0]) for x in (batch["lrsr"], batch["ref"], sr,
+                                                           batch["hr"]))
+  return predict.panels([("bicubic", lrsr), ("reference", ref), ("TTSR", out),
+                         ("ground truth", hr)])
 
 
 SETS = ("cufed5", "sun80", "urban100", "manga109", "wrsr")
@@ -178,7 +171,7 @@ class Evaluator:
     self.primary_metric = f"{self._protocols[0].name}/psnr"
     # The search's chunking bounds its memory on large test images and does not change sr.
     model = step_lib.build_model(config.model).clone(search_chunk_size=e.search_chunk_size)
-    self._sr = infer.sr_function(model)
+    self._sr = predict.sr_function(model)
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique
 

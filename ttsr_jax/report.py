@@ -56,7 +56,7 @@ from data_pipeline import files
 from data_pipeline import samples
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
-from ttsr_jax import infer
+from ttsr_jax import predict
 from ttsr_jax import step as step_lib
 
 PathLike = Union[str, os.PathLike]
@@ -252,16 +252,16 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
   x4, so its pixels stay visible: LR | level-1 reference | output | ground truth.
 
   Raises:
-    infer.InferError: the checkpoint cannot be read.
+    checkpoint.CheckpointError: the checkpoint cannot be read.
     files.DatasetError: no CUFED5 test set under `cufed_dir` (default: the run's config).
   """
   directory, step = run.sample_checkpoint
   config = ml_collections.ConfigDict(run.config)
-  params, _ = infer.load_checkpoint_params(directory / str(step))
+  params, _ = checkpoint.load_generator(directory / str(step))
   params = jax.device_put(params)
   # The evaluation's model: the run's precision, and the search chunked for large test images.
   model = step_lib.build_model(config.model).clone(search_chunk_size=config.eval.search_chunk_size)
-  sr_fn = infer.sr_function(model)
+  sr_fn = predict.sr_function(model)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
@@ -270,8 +270,11 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
     sr = sr_fn(params, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr")))
     nearest = batch["lr"].repeat(samples.SCALE, axis=1).repeat(samples.SCALE, axis=2)
     paths.append(out_dir / f"{image}.png")
-    Image.fromarray(evaluate_lib.image_grid({**batch, "lrsr": nearest}, np.asarray(sr))).save(
-        paths[-1])
+    grid = predict.panels([("LR", predict.to_uint8(nearest[0])),
+                           *((caption, predict.to_uint8(np.asarray(x)[0])) for caption, x in (
+                               ("reference", batch["ref"]), ("TTSR", sr),
+                               ("ground truth", batch["hr"])))])
+    Image.fromarray(grid).save(paths[-1])
   return paths
 
 
@@ -482,7 +485,7 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
     try:
       sample_paths[run.name] = render_samples(run, out / "samples" / _slug(run.name), num_samples,
                                               cufed_dir)
-    except (infer.InferError, files.DatasetError) as e:
+    except (checkpoint.CheckpointError, files.DatasetError) as e:
       run.problems.append(f"no samples: {e}")
   plots = plot_curves(runs, out / "plots")
 

@@ -61,6 +61,15 @@ def _relevance_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) ->
   return jax.lax.fori_loop(0, num_blocks, block, jnp.zeros((n, num_queries), jnp.int32))
 
 
+def reference_keys(refsr_lv3: jnp.ndarray) -> jnp.ndarray:
+  """(N, h, w, 9C) L2-normalised 3x3 patches of the reference's lv3 features: the search's keys.
+
+  They depend on the reference alone, so tiled inference computes them once per reference.
+  """
+  n, h, w, c = refsr_lv3.shape
+  return l2_normalize(unfold3x3(refsr_lv3)).reshape(n, h, w, 9 * c)
+
+
 def search(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, chunk_size: int = 0,
            index: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Hard-attention index and soft-attention S.
@@ -75,9 +84,15 @@ def search(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, chunk_size: int = 0,
   Returns:
     S (N, H, W, 1) and the (N, H*W) row-major index into the h x w reference grid.
   """
+  return search_keys(lrsr_lv3, reference_keys(refsr_lv3), chunk_size, index)
+
+
+def search_keys(lrsr_lv3: jnp.ndarray, keys: jnp.ndarray, chunk_size: int = 0,
+                index: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`search` against precomputed `reference_keys` (N, h, w, 9C)."""
   n, h, w, _ = lrsr_lv3.shape
   query = l2_normalize(unfold3x3(lrsr_lv3))
-  keys = l2_normalize(unfold3x3(refsr_lv3))
+  keys = keys.reshape(n, -1, keys.shape[-1])
   if index is None:
     index = _relevance_argmax(jax.lax.stop_gradient(query), jax.lax.stop_gradient(keys), chunk_size)
   index = index.astype(jnp.int32)

@@ -8,7 +8,23 @@ import jax.numpy as jnp
 from ttsr_jax.models import precision as precision_lib
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.main_net import MainNet
-from ttsr_jax.models.search_transfer import search, transfer
+from ttsr_jax.models.search_transfer import reference_keys, search_keys, transfer
+
+
+# The constructor fields that fix the parameters and the function they compute; the others
+# (search_chunk_size, dtype, remat, loop_backward) change only how it is computed.
+ARCHITECTURE_KEYS = ("n_feats", "num_res_blocks", "res_scale", "lte_reduce_lv3")
+
+
+class ReferenceFeatures(NamedTuple):
+  """What the model needs of a reference, independent of the LR image: the search's keys
+  (N, h, w, 9C) and the LTE features of `ref` at three levels (N, Hr, Wr, 64), (N, Hr/2, Wr/2,
+  128), (N, h, w, C3), with h, w = Hr/4, Wr/4."""
+
+  keys: jnp.ndarray
+  lv1: jnp.ndarray
+  lv2: jnp.ndarray
+  lv3: jnp.ndarray
 
 
 class TTSROutput(NamedTuple):
@@ -56,12 +72,22 @@ class TTSR(nn.Module):
 
     Every output is float32 whatever the precision policy (the losses reduce them in float32).
     """
-    _, _, lrsr_lv3 = self.texture_features(to_unit_range(lrsr))
+    return self.with_reference(lr, lrsr, self.reference_features(ref, refsr), index)
+
+  def reference_features(self, ref: jnp.ndarray, refsr: jnp.ndarray) -> ReferenceFeatures:
+    """The reference's part of the forward pass, computed once and reused for any LR image."""
     _, _, refsr_lv3 = self.texture_features(to_unit_range(refsr))
     ref_lv1, ref_lv2, ref_lv3 = self.texture_features(to_unit_range(ref))
-    s, index = search(lrsr_lv3, refsr_lv3, self.search_chunk_size, index)
+    return ReferenceFeatures(reference_keys(refsr_lv3), ref_lv1, ref_lv2, ref_lv3)
+
+  def with_reference(self, lr, lrsr, reference: ReferenceFeatures,
+                     index: Optional[jnp.ndarray] = None) -> TTSROutput:
+    """The forward pass for precomputed `reference_features` (the same numbers as __call__)."""
+    _, _, lrsr_lv3 = self.texture_features(to_unit_range(lrsr))
+    s, index = search_keys(lrsr_lv3, reference.keys, self.search_chunk_size, index)
     lr_hw = lr.shape[1:3]
-    t_lv3, t_lv2, t_lv1 = transfer(index, refsr_lv3.shape[2], lr_hw, ref_lv1, ref_lv2, ref_lv3)
+    t_lv3, t_lv2, t_lv1 = transfer(index, reference.keys.shape[2], lr_hw, reference.lv1,
+                                   reference.lv2, reference.lv3)
     sr = self.MainNet(lr, s, t_lv3, t_lv2, t_lv1).astype(jnp.float32)
     return TTSROutput(sr, s, t_lv3, t_lv2, t_lv1, index)
 

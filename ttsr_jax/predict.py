@@ -1,0 +1,204 @@
+"""Prediction with a trained TTSR: model inputs from uint8 images, the jitted forward passes,
+tiled super-resolution of any size with the reference's features computed once, uint8 output and
+captioned image panels. Used by the inference command (`ttsr_jax.infer`), the evaluation and the
+report.
+
+The reference test mode's inputs (what `prepare_inputs` makes): `lr` as given, `lrsr` its x4
+Pillow bicubic, `ref` cropped at the top-left to multiples of 4 and `refsr` its x1/4-then-x4
+bicubic; all mapped to [-1, 1] as `u8 / 127.5 - 1`; the output saved as round((sr + 1) * 127.5).
+"""
+
+import functools
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from data_pipeline import samples
+from ttsr_jax import tiling
+from ttsr_jax.models.ttsr import ReferenceFeatures, TTSR
+
+SCALE = samples.SCALE
+# The search compares 3x3 patches of lv3 features (1/4 of lrsr, i.e. the LR grid, and 1/4 of the
+# reference): each image must hold one such patch.
+MIN_LR_SIDE = 3
+MIN_REF_SIDE = 3 * SCALE
+# Largest tile window (halo included), in output pixels per side, when tiling is on.
+DEFAULT_TILE = 768
+# Default halo, in LR pixels: measured (docs/inference.md) to keep tiled outputs within one grey
+# level of the whole-image run; `tiling.exact_halo` gives the halo that makes them identical.
+DEFAULT_HALO = 16
+PANEL_GAP = 8  # white pixels between panels
+CAPTION_HEIGHT = 14  # white strip above each panel with its caption
+
+Params = dict
+Progress = Callable[[int, int], None]
+
+
+class Prediction(NamedTuple):
+  """A super-resolved image and how it was made.
+
+  sr: uint8 (4H, 4W, 3). s: float32 (H, W), the soft-attention confidence of each LR position.
+  index: int32 (H, W), the position in the reference's lv3 grid (row-major, `grid_hw`) that each
+  LR position took its texture from. grid_hw: (Hr // 4, Wr // 4) of the (cropped) reference.
+  """
+
+  sr: np.ndarray
+  s: np.ndarray
+  index: np.ndarray
+  grid_hw: tuple[int, int]
+
+
+def prepare_lr(lr: np.ndarray) -> dict[str, np.ndarray]:
+  """{'lr': lr, 'lrsr': its x4 Pillow bicubic}, uint8."""
+  height, width = lr.shape[:2]
+  return {"lr": lr, "lrsr": samples.resize_bicubic(lr, SCALE * height, SCALE * width)}
+
+
+def prepare_reference(ref: np.ndarray) -> dict[str, np.ndarray]:
+  """{'ref': ref cropped to multiples of 4, 'refsr': its x1/4-then-x4 bicubic}, uint8."""
+  ref = samples.crop_to_multiple(ref)
+  return {"ref": ref, "refsr": samples.down_up(ref)[1]}
+
+
+def prepare_inputs(lr: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
+  """The reference test mode's four uint8 model inputs from uint8 RGB images."""
+  return {**prepare_lr(lr), **prepare_reference(ref)}
+
+
+def to_uint8(sr: np.ndarray) -> np.ndarray:
+  """The reference's saved image: round((sr + 1) * 127.5) in float32, half to even, as uint8."""
+  return np.round((np.asarray(sr, np.float32) + np.float32(1)) * np.float32(127.5)).astype(np.uint8)
+
+
+# Parameters are arguments of the jitted functions, not constants baked into the program (which
+# XLA would fold slowly); each is compiled once per model and input shape.
+
+@functools.cache
+def sr_function(model: TTSR):
+  """jit of (params, lr, lrsr, ref, refsr) -> sr on normalised NHWC batches."""
+  return jax.jit(lambda params, *images: model.apply({"params": params}, *images).sr)
+
+
+@functools.cache
+def reference_function(model: TTSR):
+  """jit of (params, ref, refsr) -> ReferenceFeatures on normalised NHWC batches."""
+  return jax.jit(lambda params, ref, refsr: model.apply(
+      {"params": params}, ref, refsr, method=TTSR.reference_features))
+
+
+@functools.cache
+def tile_function(model: TTSR):
+  """jit of (params, lr, lrsr, ReferenceFeatures) -> (sr, S, index) on normalised NHWC batches."""
+
+  def forward(params, lr, lrsr, reference):
+    out = model.apply({"params": params}, lr, lrsr, reference, method=TTSR.with_reference)
+    return out.sr, out.S, out.index
+
+  return jax.jit(forward)
+
+
+def reference_features(model: TTSR, params: Params, ref: np.ndarray) -> ReferenceFeatures:
+  """The reference's features for `model`, from a uint8 reference image (before cropping)."""
+  images = prepare_reference(ref)
+  return reference_function(model)(params, *(samples.normalize(images[k])[None]
+                                             for k in ("ref", "refsr")))
+
+
+def tile_plan(lr_hw: tuple[int, int], tile: int, halo: int) -> list:
+  """`tiling.plan` for a tile side in output pixels (0: one tile, the whole image)."""
+  if tile <= 0:
+    return tiling.plan(lr_hw, max(lr_hw), halo)
+  return tiling.plan(lr_hw, tile // SCALE, halo)
+
+
+def super_resolve(model: TTSR, params: Params, images: dict[str, np.ndarray], *,
+                  reference: Optional[ReferenceFeatures] = None, tile: int = DEFAULT_TILE,
+                  halo: int = DEFAULT_HALO, progress: Optional[Progress] = None) -> Prediction:
+  """Super-resolves `prepare_inputs` images, in tiles when the output is larger than `tile`.
+
+  Args:
+    model, params: the generator.
+    images: uint8 'lr' and 'lrsr' (and 'ref' when `reference` is not given).
+    reference: `reference_features` of the reference, to reuse them across images.
+    tile: the largest tile window side (halo included) in output pixels; 0 = never tile.
+    halo: LR pixels of context around each tile's core; `tiling.exact_halo` makes the result
+      identical to the whole-image run.
+    progress: called with (tiles done, tiles) after each tile of a multi-tile run.
+
+  Raises:
+    ValueError: the tile leaves no core inside its halo.
+  """
+  if reference is None:
+    reference = reference_features(model, params, images["ref"])
+  lr, lrsr = images["lr"], images["lrsr"]
+  height, width = lr.shape[:2]
+  tiles = tile_plan((height, width), tile, halo)
+  forward = tile_function(model)
+  sr = np.empty((SCALE * height, SCALE * width, 3), np.uint8)
+  s = np.empty((height, width), np.float32)
+  index = np.empty((height, width), np.int32)
+  for done, (rows, cols) in enumerate(tiles, 1):
+    window = (slice(rows.start, rows.start + rows.length),
+              slice(cols.start, cols.start + cols.length))
+    window4 = tuple(slice(SCALE * w.start, SCALE * w.stop) for w in window)
+    tile_sr, tile_s, tile_index = forward(params, samples.normalize(lr[window])[None],
+                                          samples.normalize(lrsr[window4])[None], reference)
+    # The core, in window coordinates.
+    r0, r1 = rows.core_start - rows.start, rows.core_stop - rows.start
+    c0, c1 = cols.core_start - cols.start, cols.core_stop - cols.start
+    core = (slice(rows.core_start, rows.core_stop), slice(cols.core_start, cols.core_stop))
+    core4 = tuple(slice(SCALE * c.start, SCALE * c.stop) for c in core)
+    sr[core4] = to_uint8(np.asarray(tile_sr[0, SCALE * r0:SCALE * r1, SCALE * c0:SCALE * c1]))
+    s[core] = np.asarray(tile_s[0, r0:r1, c0:c1, 0])
+    index[core] = np.asarray(tile_index[0]).reshape(rows.length, cols.length)[r0:r1, c0:c1]
+    if progress is not None and len(tiles) > 1:
+      progress(done, len(tiles))
+  grid_hw = tuple(reference.keys.shape[1:3])
+  return Prediction(sr, s, index, grid_hw)
+
+
+class ProgressBar:
+  """`[#####.....] 3/8 tiles, 12.3 s elapsed, ETA 20.5 s` on one line of a terminal stream."""
+
+  def __init__(self, stream, width: int = 30):
+    self._stream, self._width = stream, width
+    self._start = time.perf_counter()
+
+  def __call__(self, done: int, total: int) -> None:
+    elapsed = time.perf_counter() - self._start
+    eta = elapsed / done * (total - done)
+    filled = self._width * done // total
+    bar = "#" * filled + "." * (self._width - filled)
+    end = "\n" if done == total else ""
+    self._stream.write(f"\r[{bar}] {done}/{total} tiles, {elapsed:.1f} s elapsed, "
+                       f"ETA {eta:.1f} s{end}")
+    self._stream.flush()
+
+
+def _caption(text: str, width: int) -> np.ndarray:
+  strip = Image.new("RGB", (width, CAPTION_HEIGHT), (255, 255, 255))
+  ImageDraw.Draw(strip).text((2, 1), text, fill=(0, 0, 0), font=ImageFont.load_default())
+  return np.asarray(strip)
+
+
+def panels(captioned: Sequence[tuple[str, np.ndarray]], height: Optional[int] = None
+           ) -> np.ndarray:
+  """Captioned uint8 images side by side, separated by white gaps.
+
+  Each image is bicubic-resized to `height` (default: the first image's) keeping its aspect
+  ratio, if it is not that tall already; its caption is written in a white strip above it
+  (`CAPTION_HEIGHT` rows, clipped to the image's width).
+  """
+  height = captioned[0][1].shape[0] if height is None else height
+  columns = []
+  for text, image in captioned:
+    if image.shape[0] != height:
+      image = samples.resize_bicubic(
+          image, height, max(1, round(image.shape[1] * height / image.shape[0])))
+    if columns:
+      columns.append(np.full((CAPTION_HEIGHT + height, PANEL_GAP, 3), 255, np.uint8))
+    columns.append(np.concatenate([_caption(text, image.shape[1]), image], axis=0))
+  return np.concatenate(columns, axis=1)
