@@ -11,11 +11,6 @@ by `ttsr_jax.predict` (the model), `ttsr_jax.checkpoint` (both checkpoint kinds)
 `ttsr_jax.explain` (the --explain images).
 """
 
-import os
-
-# Nothing here needs TensorFlow; should a dependency import it, keep its C++ logs quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import argparse
 import contextlib
 import dataclasses

@@ -18,13 +18,7 @@ A workdir without events or without checkpoints is reported with what it has, an
 and stderr say what is missing; the command fails only when no workdir has anything to report.
 """
 
-import os
-
-# The event readers use TensorFlow when it is installed; keep its C++ start-up logs quiet.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import argparse  # pylint: disable=g-import-not-at-top
+import argparse
 import dataclasses
 import itertools
 import json
