@@ -19,6 +19,7 @@ and stderr say what is missing; the command fails only when no workdir has anyth
 """
 
 import argparse
+import os
 import dataclasses
 import itertools
 import json
