@@ -96,7 +96,8 @@ def test_augmented_train_sample_matches_reference():
   draws = tf.constant(case["train_aug/draws"], tf.int32)
   np.testing.assert_array_equal(draws, [1, 0, 1, 0, 3, 3])
   images = {key: tf.constant(sample[key]) for key in samples.IMAGE_KEYS}
-  augmented = {key: image.numpy() for key, image in train_batches.apply_draws(images, draws).items()}
+  augmented = {key: image.numpy()
+               for key, image in train_batches.apply_draws(images, draws).items()}
   assert_matches_case(augmented, case, "train_aug")
 
 
@@ -153,8 +154,8 @@ def test_augmentation_is_the_draws_of_seed_epoch_and_index(shard):
     np.testing.assert_array_equal(before["index"], after["index"])
     for row, index in enumerate(before["index"]):
       draws = train_batches.augment_draws(3, 2, index)
-      expected = train_batches.apply_draws({k: tf.constant(before[k][row]) for k in samples.IMAGE_KEYS},
-                                   draws)
+      expected = train_batches.apply_draws(
+          {k: tf.constant(before[k][row]) for k in samples.IMAGE_KEYS}, draws)
       for key in samples.IMAGE_KEYS:
         assert_same_bits(after[key][row], expected[key].numpy())
   all_draws = np.stack([train_batches.augment_draws(3, 2, i).numpy() for i in range(200)])
@@ -177,7 +178,8 @@ def test_same_seed_and_epoch_give_identical_batches_in_another_process(tiny, sha
       "import sys; sys.path.insert(0, 'tests')\n"
       "from test_data_pipeline import digest, epoch_batches\n"
       "from data_pipeline import cufed, train\n"
-      f"shard = train_batches.load_train_shard(cufed.default_data_dir({str(tiny)!r}), {TINY_PATCH})\n"
+      "shard = train_batches.load_train_shard("
+      f"cufed.default_data_dir({str(tiny)!r}), {TINY_PATCH})\n"
       "print(digest(epoch_batches(shard)))\n")
   result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True,
                           text=True, timeout=120, check=True)
@@ -216,8 +218,8 @@ def test_train_iterator_yields_globally_sharded_normalised_arrays(shard, axis_ty
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(axis_types[axis_type],))
   global_batch = TINY_BATCH * jax.device_count()
   expected = epoch_batches(shard, global_batch_size=global_batch)
-  produced = list(train_batches.train_iterator(shard, seed=3, epoch=2, global_batch_size=global_batch,
-                                       mesh=mesh))
+  produced = list(train_batches.train_iterator(shard, seed=3, epoch=2,
+                                               global_batch_size=global_batch, mesh=mesh))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   assert len(produced) == len(expected)
   for batch, host_batch in zip(produced, expected):
