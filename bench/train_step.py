@@ -34,7 +34,6 @@ VARIANTS = {
 
 def matmul_flops_per_s() -> float:
   import jax
-  import jax.numpy as jnp
   n = 4096
   a = jax.random.normal(jax.random.key(0), (n, n))
   f = jax.jit(lambda a: a @ a)

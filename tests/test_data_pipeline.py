@@ -177,7 +177,7 @@ def test_same_seed_and_epoch_give_identical_batches_in_another_process(tiny, sha
   program = (
       "import sys; sys.path.insert(0, 'tests')\n"
       "from test_data_pipeline import digest, epoch_batches\n"
-      "from data_pipeline import cufed, train\n"
+      "from data_pipeline import cufed, train_batches\n"
       "shard = train_batches.load_train_shard("
       f"cufed.default_data_dir({str(tiny)!r}), {TINY_PATCH})\n"
       "print(digest(epoch_batches(shard)))\n")
