@@ -3,7 +3,8 @@
 
 from setuptools import find_packages, setup
 
-# Versions verified together on the 2-core CPU machines (2026-11); tensorflow-cpu only feeds tf.data.
+# Versions verified together on the 2-core CPU machines (2026-11); tensorflow-cpu only feeds
+# tf.data.
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -20,18 +21,21 @@ INSTALL_REQUIRES = [
     "scikit-image>=0.26,<0.27",  # real photos for the demo dataset
     "tqdm>=4.60",  # make_pairs' progress bars (tensorflow-datasets installs it too)
     "matplotlib>=3.9",
-    "importlib_resources",  # tensorflow-datasets needs it to prepare datasets but does not declare it
+    # tensorflow-datasets needs it to prepare datasets but does not declare it
+    "importlib_resources",
 ]
 
 setup(
     name="ttsr_jax",
     version="0.1.0",
-    description="TTSR (texture transformer super-resolution) in JAX/Flax, matching the PyTorch reference",
-    packages=find_packages(include=["ttsr_jax", "ttsr_jax.*", "data_pipeline", "data_pipeline.*", "configs"]),
+    description=("TTSR (texture transformer super-resolution) in JAX/Flax, "
+                 "matching the PyTorch reference"),
+    packages=find_packages(include=["ttsr_jax", "ttsr_jax.*", "data_pipeline", "data_pipeline.*",
+                                    "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "h5py>=3.10"],
+        "test": ["pytest>=8", "h5py>=3.10", "ruff==0.17.6"],
         # NVIDIA GPUs: JAX's CUDA plugin and the CUDA/cuDNN wheels, at the jax version above.
         # cuda12 needs an NVIDIA driver >= 525.60.13, cuda13 one >= 580 (Linux x86_64/aarch64).
         "cuda12": ["jax[cuda12]==0.10.2"],

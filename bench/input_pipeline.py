@@ -19,7 +19,7 @@ import jax
 
 from data_pipeline import cufed
 from data_pipeline import make_demo
-from data_pipeline import train
+from data_pipeline import train_batches
 
 
 def _measure(epochs: Iterable[Iterable[dict]], batch_size: int) -> str:
@@ -54,13 +54,15 @@ def main() -> None:
     cufed_dir = pathlib.Path(args.cufed_dir or make_demo.make_demo(
         scratch, train_pairs=args.pairs, test_groups=0))
     cufed.prepare(cufed_dir)
-    shard = train.load_train_shard(cufed.default_data_dir(cufed_dir))
+    shard = train_batches.load_train_shard(cufed.default_data_dir(cufed_dir))
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     epochs = range(args.epochs)
-    host = _measure((train.train_dataset(shard, seed=0, epoch=e, global_batch_size=args.batch_size)
-                  .as_numpy_iterator() for e in epochs), args.batch_size)
-    device = _measure((train.train_iterator(shard, seed=0, epoch=e, global_batch_size=args.batch_size,
-                                         mesh=mesh) for e in epochs), args.batch_size)
+    host = _measure((train_batches.train_dataset(shard, seed=0, epoch=e,
+                                                 global_batch_size=args.batch_size)
+                     .as_numpy_iterator() for e in epochs), args.batch_size)
+    device = _measure((train_batches.train_iterator(shard, seed=0, epoch=e,
+                                                    global_batch_size=args.batch_size, mesh=mesh)
+                       for e in epochs), args.batch_size)
   platform = jax.devices()[0].platform
   print(f"{shard.num_examples} examples, {shard.patch_size}x{shard.patch_size} patches, "
         f"batch {args.batch_size}, {os.cpu_count()} CPUs, {args.epochs} epochs")

@@ -34,7 +34,6 @@ VARIANTS = {
 
 def matmul_flops_per_s() -> float:
   import jax
-  import jax.numpy as jnp
   n = 4096
   a = jax.random.normal(jax.random.key(0), (n, n))
   f = jax.jit(lambda a: a @ a)
@@ -63,7 +62,8 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch, mesh.size, microbatches)
   vgg_params = step.init_vgg_params(config, jax.random.PRNGKey(1))
-  state = jax.device_put(step.create_train_state(config, vgg_params, 1000), sharding.replicated(mesh))
+  state = jax.device_put(step.create_train_state(config, vgg_params, 1000),
+                         sharding.replicated(mesh))
   rng = np.random.RandomState(0)
   p = 4 * config.train_crop_size
   hr = rng.uniform(-1, 1, (batch, p, p, 3)).astype(np.float32)
@@ -114,7 +114,8 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", default="9", help="comma-separated global batch sizes")
   parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--variants", default="rec,all", help=f"comma-separated: {', '.join(VARIANTS)}")
+  parser.add_argument("--variants", default="rec,all",
+                      help=f"comma-separated: {', '.join(VARIANTS)}")
   parser.add_argument("--microbatches", default="1",
                       help="comma-separated config.microbatches values (gradient accumulation)")
   parser.add_argument("--same_process", action="store_true",

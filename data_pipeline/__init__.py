@@ -1,14 +1,16 @@
 """CUFED data for TTSR: the reference's samples, prepared once, then fed deterministically.
 
-Modules (import the one you need; only `cufed`, `train` and `prepare` import TensorFlow):
+Modules (import the one you need; only `cufed`, `train_batches` and `prepare` import
+TensorFlow):
   files      CUFED layout, image reading and the `DatasetError` family
   samples    the reference's train / test samples with NumPy and Pillow (uint8, HWC)
   cufed      the TFDS builder `cufed` and `prepare()` (all the Pillow work, once)
   prepare    `python -m data_pipeline.prepare`: the preparation command
-  train      training batches: (seed, epoch)-determined order and augmentation, host shards,
-             global jax.Arrays
-  device     host batches to normalised, globally sharded jax.Arrays, prefetched (no TF)
+  train_batches   training batches: (seed, epoch)-determined order and augmentation, host
+                  shards, global jax.Arrays
+  host_to_device  host batches to normalised, globally sharded jax.Arrays, prefetched (no TF)
   cufed5     CUFED5 test samples: one reference level, or all five stitched together
+  testsets   Sun80, Urban100, Manga109 and WR-SR in their published layouts
   make_demo  `python -m data_pipeline.make_demo`: a small CUFED-layout dataset from skimage photos
   pairs      the rules of make_demo and make_pairs: photos to training pairs and test groups
   make_pairs `python -m data_pipeline.make_pairs`: a CUFED-layout dataset from any photo folder

@@ -269,7 +269,8 @@ def make_dataset(out: str | os.PathLike, photos: Sequence[Photo], *, train_pairs
   aligned_groups = frozenset(aligned_groups)
   manifest = {"train_pairs": train_pairs, "patch_size": patch_size, "test_groups": test_groups,
               "test_size": test_size, "seed": seed, "test_fraction": test_fraction,
-              "aligned_groups": sorted(aligned_groups), "similar": dict(sorted((similar or {}).items())),
+              "aligned_groups": sorted(aligned_groups),
+              "similar": dict(sorted((similar or {}).items())),
               "photos": [[p.name, p.height, p.width, p.group] for p in photos]}
   if (out / MANIFEST).is_file():
     if json.loads((out / MANIFEST).read_text()) != manifest:

@@ -17,7 +17,8 @@ MODEL_INPUT_KEYS = ("lr", "lrsr", "ref", "refsr")  # in the order TTSR takes the
 IMAGE_KEYS = MODEL_INPUT_KEYS + ("hr",)  # a sample: the model inputs and the target
 
 # The reference normalises with float32(u8) / 127.5 - 1; a table of the 256 results lets every
-# consumer (NumPy here, the devices in `train`) produce exactly those bits whatever its arithmetic.
+# consumer (NumPy here, the devices in `host_to_device`) produce exactly those bits whatever its
+# arithmetic.
 NORMALIZED = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1)
 
 

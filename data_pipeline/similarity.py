@@ -18,7 +18,7 @@ import numpy as np
 from data_pipeline import pairs
 from data_pipeline import samples
 from ttsr_jax.models.vgg import VGG19, conv_indices
-from ttsr_jax.tools import vgg19
+from ttsr_jax import vgg19_weights
 
 _LAYER = "relu3_1"
 _BATCH = 8  # photos per call; the last batch is padded, so one shape is compiled
@@ -31,7 +31,7 @@ def vgg_params(weights: str | os.PathLike | None, seed: int = 0) -> dict:
   scale through the ReLUs, with zero biases; NumPy draws them, so nothing is compiled for it.
   """
   if weights is not None:
-    params = vgg19.load_vgg19_params(weights)
+    params = vgg19_weights.load_vgg19_params(weights)
     return {f"features_{k}": params[f"features_{k}"] for k in conv_indices(_LAYER)}
   shapes = jax.eval_shape(VGG19(last=_LAYER).init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 16, 16, 3)))["params"]

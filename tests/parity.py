@@ -31,7 +31,8 @@ def nchw(x) -> np.ndarray:
 
 def assert_feature_close(ours_nhwc, case: dict, name: str, rel: float = 1e-5) -> None:
   """Checks a feature map against a full or compact golden tensor with the README's tolerances:
-  |a - b| <= rel * max(1, max|b|) element-wise, per-channel sums and sums of squares relative rel."""
+  |a - b| <= rel * max(1, max|b|) element-wise, per-channel sums and sums of squares relative
+  rel."""
   ours = nchw(ours_nhwc).astype(np.float64)
   if name in case:
     want = case[name].astype(np.float64)
@@ -44,6 +45,7 @@ def assert_feature_close(ours_nhwc, case: dict, name: str, rel: float = 1e-5) ->
   channels = case[f"{name}/subset_channels"]
   err = np.abs(ours[:, channels] - case[f"{name}/subset"]).max()
   assert err <= rel * scale, f"{name}: subset max |diff| {err:.3g} (scale {scale:.3g})"
-  for stat, values in (("ch_sum", ours.sum(axis=(0, 2, 3))), ("ch_sumsq", (ours ** 2).sum(axis=(0, 2, 3)))):
+  for stat, values in (("ch_sum", ours.sum(axis=(0, 2, 3))),
+                       ("ch_sumsq", (ours ** 2).sum(axis=(0, 2, 3)))):
     want = case[f"{name}/{stat}"]
     np.testing.assert_allclose(values, want, rtol=rel, atol=rel * scale, err_msg=f"{name}/{stat}")

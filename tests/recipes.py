@@ -12,7 +12,8 @@ D_KEYS_SHAPES = (
 
 
 def discriminator_state_dict(d_seed: int = 5000) -> dict[str, np.ndarray]:
-  """Key i of D's state dict uses RandomState(d_seed + i): He-normal weights, U(-0.05, 0.05) biases."""
+  """Key i of D's state dict uses RandomState(d_seed + i): He-normal weights, U(-0.05, 0.05)
+  biases."""
   out = {}
   i = 0
   for name, shape in D_KEYS_SHAPES:

@@ -19,11 +19,11 @@ from PIL import Image
 
 from data_pipeline import cufed
 from data_pipeline import cufed5
-from data_pipeline import device
+from data_pipeline import host_to_device
 from data_pipeline import files
 from data_pipeline import make_demo
 from data_pipeline import samples
-from data_pipeline import train
+from data_pipeline import train_batches
 from parity import load_case
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,13 +64,13 @@ def tiny(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def shard(tiny) -> train.TrainShard:
-  return train.load_train_shard(cufed.default_data_dir(tiny), TINY_PATCH)
+def shard(tiny) -> train_batches.TrainShard:
+  return train_batches.load_train_shard(cufed.default_data_dir(tiny), TINY_PATCH)
 
 
-def epoch_batches(shard: train.TrainShard, **kwargs) -> list[dict[str, np.ndarray]]:
+def epoch_batches(shard: train_batches.TrainShard, **kwargs) -> list[dict[str, np.ndarray]]:
   kwargs = {"seed": 3, "epoch": 2, "global_batch_size": TINY_BATCH} | kwargs
-  return list(train.train_dataset(shard, **kwargs).as_numpy_iterator())
+  return list(train_batches.train_dataset(shard, **kwargs).as_numpy_iterator())
 
 
 def digest(batches: list[dict[str, np.ndarray]]) -> str:
@@ -96,7 +96,8 @@ def test_augmented_train_sample_matches_reference():
   draws = tf.constant(case["train_aug/draws"], tf.int32)
   np.testing.assert_array_equal(draws, [1, 0, 1, 0, 3, 3])
   images = {key: tf.constant(sample[key]) for key in samples.IMAGE_KEYS}
-  augmented = {key: image.numpy() for key, image in train.apply_draws(images, draws).items()}
+  augmented = {key: image.numpy()
+               for key, image in train_batches.apply_draws(images, draws).items()}
   assert_matches_case(augmented, case, "train_aug")
 
 
@@ -138,7 +139,7 @@ def test_apply_draws_equals_the_reference_transforms_for_every_draw():
   image = np.arange(3 * 4 * 2).reshape(3, 4, 2)  # non-square, so transposes show
   sample = {"hr": image, "ref": image + 100}  # one image of each group
   for draws in itertools.product((0, 1), (0, 1), (0, 1), (0, 1), range(4), range(4)):
-    augmented = train.apply_draws({k: tf.constant(v) for k, v in sample.items()},
+    augmented = train_batches.apply_draws({k: tf.constant(v) for k, v in sample.items()},
                                   tf.constant(draws))
     for key, value in sample.items():
       group = int(key.startswith("ref"))
@@ -152,21 +153,21 @@ def test_augmentation_is_the_draws_of_seed_epoch_and_index(shard):
   for before, after in zip(plain, augmented):
     np.testing.assert_array_equal(before["index"], after["index"])
     for row, index in enumerate(before["index"]):
-      draws = train.augment_draws(3, 2, index)
-      expected = train.apply_draws({k: tf.constant(before[k][row]) for k in samples.IMAGE_KEYS},
-                                   draws)
+      draws = train_batches.augment_draws(3, 2, index)
+      expected = train_batches.apply_draws(
+          {k: tf.constant(before[k][row]) for k in samples.IMAGE_KEYS}, draws)
       for key in samples.IMAGE_KEYS:
         assert_same_bits(after[key][row], expected[key].numpy())
-  all_draws = np.stack([train.augment_draws(3, 2, i).numpy() for i in range(200)])
+  all_draws = np.stack([train_batches.augment_draws(3, 2, i).numpy() for i in range(200)])
   assert all_draws.min() == 0 and list(all_draws.max(0)) == [1, 1, 1, 1, 3, 3]
 
 
 def test_epoch_order_is_a_permutation_that_depends_on_seed_and_epoch():
-  order = train.epoch_order(0, 0, 100)
+  order = train_batches.epoch_order(0, 0, 100)
   assert sorted(order) == list(range(100))
-  np.testing.assert_array_equal(order, train.epoch_order(0, 0, 100))
-  assert list(order) != list(train.epoch_order(0, 1, 100))
-  assert list(order) != list(train.epoch_order(1, 0, 100))
+  np.testing.assert_array_equal(order, train_batches.epoch_order(0, 0, 100))
+  assert list(order) != list(train_batches.epoch_order(0, 1, 100))
+  assert list(order) != list(train_batches.epoch_order(1, 0, 100))
 
 
 @pytest.mark.slow  # a second Python process
@@ -176,8 +177,9 @@ def test_same_seed_and_epoch_give_identical_batches_in_another_process(tiny, sha
   program = (
       "import sys; sys.path.insert(0, 'tests')\n"
       "from test_data_pipeline import digest, epoch_batches\n"
-      "from data_pipeline import cufed, train\n"
-      f"shard = train.load_train_shard(cufed.default_data_dir({str(tiny)!r}), {TINY_PATCH})\n"
+      "from data_pipeline import cufed, train_batches\n"
+      "shard = train_batches.load_train_shard("
+      f"cufed.default_data_dir({str(tiny)!r}), {TINY_PATCH})\n"
       "print(digest(epoch_batches(shard)))\n")
   result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True,
                           text=True, timeout=120, check=True)
@@ -195,14 +197,14 @@ def test_resuming_at_batch_k_reproduces_the_rest_of_the_epoch(shard):
 
 def test_two_hosts_read_disjoint_shards_that_cover_the_data(tiny, shard):
   data_dir = cufed.default_data_dir(tiny)
-  hosts = [train.load_train_shard(data_dir, TINY_PATCH, process_index=i, process_count=2)
+  hosts = [train_batches.load_train_shard(data_dir, TINY_PATCH, process_index=i, process_count=2)
            for i in range(2)]
   assert not set(hosts[0].indices) & set(hosts[1].indices)
   assert sorted([*hosts[0].indices, *hosts[1].indices]) == list(range(shard.num_examples))
   host_batches = [epoch_batches(host) for host in hosts]
   steps = hosts[0].steps_per_epoch(TINY_BATCH)
   assert steps == hosts[1].steps_per_epoch(TINY_BATCH) == shard.num_examples // 2 // 2
-  global_order = list(train.epoch_order(3, 2, shard.num_examples))
+  global_order = list(train_batches.epoch_order(3, 2, shard.num_examples))
   for host, batches in zip(hosts, host_batches):
     assert len(batches) == steps
     seen = [int(i) for batch in batches for i in batch["index"]]
@@ -216,8 +218,8 @@ def test_train_iterator_yields_globally_sharded_normalised_arrays(shard, axis_ty
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(axis_types[axis_type],))
   global_batch = TINY_BATCH * jax.device_count()
   expected = epoch_batches(shard, global_batch_size=global_batch)
-  produced = list(train.train_iterator(shard, seed=3, epoch=2, global_batch_size=global_batch,
-                                       mesh=mesh))
+  produced = list(train_batches.train_iterator(shard, seed=3, epoch=2,
+                                               global_batch_size=global_batch, mesh=mesh))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   assert len(produced) == len(expected)
   for batch, host_batch in zip(produced, expected):
@@ -226,7 +228,7 @@ def test_train_iterator_yields_globally_sharded_normalised_arrays(shard, axis_ty
       assert array.sharding.is_equivalent_to(sharding, array.ndim)
       assert_same_bits(np.asarray(array), samples.normalize(host_batch[key]))
   with pytest.raises(ValueError, match="multiple of the process count"):
-    next(train.train_iterator(shard, seed=3, epoch=2, global_batch_size=0, mesh=mesh))
+    next(train_batches.train_iterator(shard, seed=3, epoch=2, global_batch_size=0, mesh=mesh))
 
 
 # The test set.
@@ -301,7 +303,7 @@ def test_large_training_images_are_centre_cropped_with_a_warning_count(tmp_path,
   assert f"1 of 2 training input images were larger than {TINY_PATCH}x{TINY_PATCH} and " \
          "centre-cropped" in messages
   assert any(m.startswith("1 of 2 training ref images were larger") for m in messages)
-  shard = train.load_train_shard(cufed.default_data_dir(tmp_path), TINY_PATCH)
+  shard = train_batches.load_train_shard(cufed.default_data_dir(tmp_path), TINY_PATCH)
   [batch] = epoch_batches(shard, global_batch_size=2, augment=False)
   for row, index in enumerate(batch["index"]):
     expected = samples.make_train_sample(samples.center_crop(inputs[index], TINY_PATCH),
@@ -343,7 +345,7 @@ def test_missing_and_empty_directories(tmp_path):
   assert not (tmp_path / "nowhere").exists()
   with raises_one_line(files.MissingDataError, "prepared dataset not found, expected the output "
                        "of `python -m data_pipeline.prepare"):
-    train.load_train_shard(tmp_path, TINY_PATCH)
+    train_batches.load_train_shard(tmp_path, TINY_PATCH)
 
 
 def test_input_ref_count_mismatch_names_the_first_unmatched_files(tmp_path):
@@ -402,7 +404,7 @@ def test_prefetch_stops_its_producer_when_the_consumer_stops():
       yield i
 
   threads_before = threading.active_count()
-  batches = device.prefetch(items(), 2)
+  batches = host_to_device.prefetch(items(), 2)
   assert [next(batches) for _ in range(3)] == [0, 1, 2]
   batches.close()  # what a SIGTERM return from the training loop does
   # The producer has finished (a thread still inside tf.data at exit aborts the process), and

@@ -87,7 +87,8 @@ def test_export_then_import_is_identity(tiny_params):
   config = convert.infer_model_config(exported)
   assert config == dict(TINY, lte_reduce_lv3=False)
   back = convert.import_state_dict(exported, tiny_params)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.tree_util.tree_map(np.asarray, tiny_params))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back,
+                         jax.tree_util.tree_map(np.asarray, tiny_params))
 
 
 def test_import_from_npz_file(tmp_path, tiny_params):
@@ -95,26 +96,34 @@ def test_import_from_npz_file(tmp_path, tiny_params):
   np.savez(path, **convert.export_state_dict(tiny_params))
   loaded = convert.load_state_dict(path)
   back = convert.import_state_dict(loaded, tiny_params)
-  np.testing.assert_array_equal(back["MainNet"]["conv12"]["kernel"], tiny_params["MainNet"]["conv12"]["kernel"])
+  np.testing.assert_array_equal(back["MainNet"]["conv12"]["kernel"],
+                                tiny_params["MainNet"]["conv12"]["kernel"])
 
 
 def test_import_from_torch_file(tmp_path, tiny_params):
-  torch = pytest.importorskip("torch", reason="torch is optional; .pt import is tested where it is installed")
+  torch = pytest.importorskip("torch", reason="torch is optional; .pt import is tested where it "
+                                              "is installed")
   path = tmp_path / "ttsr.pt"
-  state = {f"module.{k}": torch.from_numpy(v.copy()) for k, v in convert.export_state_dict(tiny_params).items()}
+  state = {f"module.{k}": torch.from_numpy(v.copy())
+           for k, v in convert.export_state_dict(tiny_params).items()}
   torch.save(state, path)
   back = convert.import_state_dict(convert.load_state_dict(path), tiny_params)
-  np.testing.assert_array_equal(back["LTE"]["features_0"]["kernel"], tiny_params["LTE"]["features_0"]["kernel"])
+  np.testing.assert_array_equal(back["LTE"]["features_0"]["kernel"],
+                                tiny_params["LTE"]["features_0"]["kernel"])
 
 
 @pytest.mark.parametrize("edit,message", [
     (lambda sd: sd.pop("MainNet.conv12.bias"), r"missing keys: MainNet\.conv12\.bias"),
-    (lambda sd: sd.update({"MainNet.extra.weight": np.zeros(3)}), r"unexpected keys.*MainNet\.extra\.weight"),
+    (lambda sd: sd.update({"MainNet.extra.weight": np.zeros(3)}),
+     r"unexpected keys.*MainNet\.extra\.weight"),
     (lambda sd: sd.update({"MainNet.conv12.weight": np.zeros((16, 8, 3, 3))}),
-     r"MainNet\.conv12\.weight: shape \(16, 8, 3, 3\) in the file, the model expects \(32, 8, 3, 3\)"),
+     r"MainNet\.conv12\.weight: shape \(16, 8, 3, 3\) in the file, "
+     r"the model expects \(32, 8, 3, 3\)"),
     (lambda sd: sd.update({"LTE.slice1.0.weight": np.zeros((64, 3, 5, 5))}),
-     r"LTE\.slice1\.0\.weight: shape \(64, 3, 5, 5\) in the file, the model expects \(64, 3, 3, 3\)"),
-    (lambda sd: sd.update({"LTE.sub_mean.bias": np.zeros(3)}), r"LTE\.sub_mean\.bias: the frozen ImageNet MeanShift"),
+     r"LTE\.slice1\.0\.weight: shape \(64, 3, 5, 5\) in the file, "
+     r"the model expects \(64, 3, 3, 3\)"),
+    (lambda sd: sd.update({"LTE.sub_mean.bias": np.zeros(3)}),
+     r"LTE\.sub_mean\.bias: the frozen ImageNet MeanShift"),
 ])
 def test_import_errors_name_the_key(tiny_params, edit, message):
   state_dict = convert.export_state_dict(tiny_params)

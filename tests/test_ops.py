@@ -20,7 +20,8 @@ SPEC_TABLE = {
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_bicubic_weights_are_the_spec_table(scale):
-  for (first, weights), (want_first, numerators, denominator) in zip(phase_taps(scale), SPEC_TABLE[scale]):
+  for (first, weights), (want_first, numerators, denominator) in zip(phase_taps(scale),
+                                                                     SPEC_TABLE[scale]):
     assert first == want_first
     assert [Fraction(w) for w in weights] == [Fraction(n, denominator) for n in numerators]
 

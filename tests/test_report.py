@@ -29,7 +29,8 @@ PLOT_PIXELS = tuple(round(inches * report.PLOT_DPI) for inches in report.PLOT_SI
 
 
 @pytest.fixture(scope="session")
-def runs(uninterrupted, tmp_path_factory) -> dict[str, tuple[pathlib.Path, ml_collections.ConfigDict]]:
+def runs(uninterrupted,
+         tmp_path_factory) -> dict[str, tuple[pathlib.Path, ml_collections.ConfigDict]]:
   """{name: (workdir, config)}: 'all_losses' (1 warm-up + 2 epochs, then an eval-mode
   evaluation of its best checkpoint) and 'rec_only' (2 epochs, in two launches)."""
   trained, config, _ = uninterrupted

@@ -73,7 +73,8 @@ def test_transfer_equals_unfold_gather_fold(ref_hw):
   rng = np.random.RandomState(0)
   lr_hw = (5, 7)
   h, w = ref_hw[0] // 4, ref_hw[1] // 4
-  feats = [rng.standard_normal((2, ref_hw[0] // d, ref_hw[1] // d, 3)).astype(np.float32) for d in (1, 2, 4)]
+  feats = [rng.standard_normal((2, ref_hw[0] // d, ref_hw[1] // d, 3)).astype(np.float32)
+           for d in (1, 2, 4)]
   index = rng.randint(0, h * w, size=(2, lr_hw[0] * lr_hw[1]))
   got = transfer(jnp.asarray(index), w, lr_hw, *[jnp.asarray(f) for f in feats])
   for t, feat, scale in zip(got, feats[::-1], (1, 2, 4)):

@@ -31,12 +31,14 @@ SCRIPT = textwrap.dedent("""
       state = step.create_train_state(config, vgg_params, steps_per_epoch)
       rep = sharding.replicated(mesh)
       state, vgg = jax.device_put(state, rep), jax.device_put(vgg_params, rep)
-      steps = {w: wrap(step.make_train_step(config, steps_per_epoch, warmup=w, axis_name=axis_name), mesh)
+      steps = {w: wrap(step.make_train_step(config, steps_per_epoch, warmup=w,
+                                            axis_name=axis_name), mesh)
                for w in (True, False)}
       for i, batch in enumerate(batches):
         batch = jax.device_put(batch, sharding.batch_sharding(mesh))
         state, metrics = steps[i < config.num_init_epochs](state, batch, vgg)
-      return jax.device_get(state.g_params), jax.device_get(state.d_params), float(metrics["loss/total"])
+      return (jax.device_get(state.g_params), jax.device_get(state.d_params),
+              float(metrics["loss/total"]))
 
     single = run(sharding.make_mesh(jax.devices()[:1]), sharding.jit_train_step, None)
     for name, wrap, axis in (("jit", sharding.jit_train_step, None),
@@ -62,5 +64,6 @@ def test_four_devices_match_one():
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   sharding.check_batch_size(6, 2)
-  with pytest.raises(ValueError, match=r"batch_size 7 is not divisible by 2 devices x 1 microbatches"):
+  with pytest.raises(ValueError,
+                     match=r"batch_size 7 is not divisible by 2 devices x 1 microbatches"):
     sharding.check_batch_size(7, 2)

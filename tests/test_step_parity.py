@@ -35,7 +35,8 @@ def setup():
   config = parity_config()
   weights = load_case("a_weights.npz")
   case_a = load_case("a_forward.npz")
-  vgg_params = _reference_params(vgg19_state_dict(), step.build_vgg(config), jnp.zeros((1, 16, 16, 3)))
+  vgg_params = _reference_params(vgg19_state_dict(), step.build_vgg(config),
+                                 jnp.zeros((1, 16, 16, 3)))
   d_params = _reference_params(discriminator_state_dict(), step.build_discriminator(config),
                                jnp.zeros((1, 160, 160, 3)))
   g_params = _reference_params(weights, step.build_model(config.model), *step.example_inputs())
@@ -62,7 +63,8 @@ def _assert_grads(grads, case, prefix, rel):
   for name in names:
     want = case[f"{prefix}/{name}"]
     err = np.abs(_named(grads, name) - want).max()
-    assert err <= rel * np.abs(want).max(), f"{prefix}/{name}: {err:.3g} vs max {np.abs(want).max():.3g}"
+    assert err <= rel * np.abs(want).max(), (
+        f"{prefix}/{name}: {err:.3g} vs max {np.abs(want).max():.3g}")
 
 
 def test_losses_and_gradient_with_fixed_discriminator(setup):
@@ -74,7 +76,8 @@ def test_losses_and_gradient_with_fixed_discriminator(setup):
   grads, _, _, metrics = grad_fn(state, batch, vgg_params)
   for ours, theirs in (("rec", "rec_loss"), ("per", "per_loss"), ("tpl", "tpl_useS0_l2"),
                        ("total", "G_total_fixedD")):
-    np.testing.assert_allclose(float(metrics[f"loss/{ours}"]), case_c[theirs], rtol=1e-5, err_msg=ours)
+    np.testing.assert_allclose(float(metrics[f"loss/{ours}"]), case_c[theirs], rtol=1e-5,
+                               err_msg=ours)
   np.testing.assert_allclose(float(metrics["loss/adv"]), case_c["adv_g_loss_initialD"], rtol=0,
                              atol=CRITIC_SCORE_ATOL)
   _assert_grads(grads, case_d, "grad_fixedD", rel=1e-4)
@@ -181,8 +184,8 @@ def test_full_iteration_gradients_and_update(setup):
   new_state, metrics = train_step(state, batch, vgg_params, jnp.asarray(EPSILONS))
   for name in ("rec", "per", "tpl", "adv"):
     rel = 2e-3 if name == "adv" else 1e-5
-    np.testing.assert_allclose(float(metrics[f"loss/{name}"]), case_d[f"trainer_unweighted/{name}_loss"],
-                               rtol=rel, err_msg=name)
+    np.testing.assert_allclose(float(metrics[f"loss/{name}"]),
+                               case_d[f"trainer_unweighted/{name}_loss"], rtol=rel, err_msg=name)
   # The update is lr * g / (|g| + eps) on a first Adam step: recover g's direction from it and
   # check the applied gradient where it is large enough to have a stable sign.
   _assert_adam_step(new_state.g_params, case_e, "after_step", "grad_trainer", case_d)
@@ -190,7 +193,8 @@ def test_full_iteration_gradients_and_update(setup):
     # Our sr differs from the stored one by ~2e-7, which moves D's kinks (README 4): allow a
     # tenth of one Adam step (lr 1e-4) instead of the 2e-6 used with the stored sr.
     _assert_d_close(new_state.d_params, case_e[f"D_after_step/{name}"], name, atol=1e-5)
-  assert float(metrics["lr/main"]) == pytest.approx(1e-4) and float(metrics["lr/lte"]) == pytest.approx(1e-5)
+  assert (float(metrics["lr/main"]) == pytest.approx(1e-4)
+          and float(metrics["lr/lte"]) == pytest.approx(1e-5))
   assert int(new_state.step) == int(state.step) + 1
 
 
@@ -209,7 +213,8 @@ def test_warmup_iteration(setup):
   train_step = jax.jit(step.make_train_step(config, 1, warmup=True))
   new_state, metrics = train_step(state, batch, vgg_params)
   np.testing.assert_allclose(float(metrics["loss/rec"]), case_e["init_step/rec_loss"], rtol=1e-5)
-  assert set(k for k in metrics if k.startswith("loss/")) == {"loss/rec", "loss/rec_weighted", "loss/total"}
+  assert set(k for k in metrics if k.startswith("loss/")) == {"loss/rec", "loss/rec_weighted",
+                                                              "loss/total"}
   assert "d/loss" not in metrics
   _assert_adam_step(new_state.g_params, case_e, "after_init_step", "grad_init_step", case_e)
   jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.d_params, state.d_params)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ttsr_jax.models.vgg import VGG19, VGG19_LAYERS
+from ttsr_jax import vgg19_weights
 from ttsr_jax.tools import vgg19
 
 # Every conv of torchvision's VGG19 `features` (conv5_2 .. conv5_4 included, which the tool drops):
@@ -136,7 +137,7 @@ def test_torchvision_weights_give_the_direct_features(tmp_path, image01, vgg_fea
   direct = {f"features_{i}": {"kernel": state[f"features.{i}.weight"].transpose(2, 3, 1, 0),
                               "bias": state[f"features.{i}.bias"]}
             for i, _, _ in _ALL_CONVS[:_USED]}
-  loaded = vgg19.load_vgg19_params(out)
+  loaded = vgg19_weights.load_vgg19_params(out)
   assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, loaded, direct))
   np.testing.assert_array_equal(vgg_features(loaded, image01), vgg_features(direct, image01))
 
@@ -147,7 +148,7 @@ def test_keras_weights_give_keras_function(tmp_path, image01, vgg_features, caps
   _write_keras_legacy(source, weights)
   code, text = _run_tool(["--from", source, "--out", out], capsys)
   assert code == 0, text
-  params = vgg19.load_vgg19_params(out)
+  params = vgg19_weights.load_vgg19_params(out)
 
   # Keras' preprocessing: 0-255 values, RGB -> BGR, caffe mean subtracted.
   u = image01 * np.float32(255)
@@ -175,8 +176,8 @@ def test_keras3_layout_converts_like_the_legacy_layout(tmp_path, capsys):
   weights = _keras_weights()
   _write_keras_legacy(tmp_path / "legacy.h5", weights)
   _write_keras3(tmp_path / "vgg19.weights.h5", weights)
-  legacy = vgg19.read_weights(tmp_path / "legacy.h5")
-  keras3 = vgg19.read_weights(tmp_path / "vgg19.weights.h5")
+  legacy = vgg19_weights.read_weights(tmp_path / "legacy.h5")
+  keras3 = vgg19_weights.read_weights(tmp_path / "vgg19.weights.h5")
   assert legacy.keys() == keras3.keys()
   for key in legacy:
     np.testing.assert_array_equal(legacy[key], keras3[key])
@@ -184,12 +185,12 @@ def test_keras3_layout_converts_like_the_legacy_layout(tmp_path, capsys):
 
 def test_load_vgg19_params_reads_the_default_location(tmp_path, monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-  assert vgg19.default_weights_path() == tmp_path / "ttsr_jax" / "vgg19.npz"
+  assert vgg19_weights.default_weights_path() == tmp_path / "ttsr_jax" / "vgg19.npz"
   with pytest.raises(FileNotFoundError, match="python -m ttsr_jax.tools.vgg19"):
-    vgg19.load_vgg19_params()
-  vgg19.default_weights_path().parent.mkdir(parents=True)
-  np.savez(vgg19.default_weights_path(), **_torchvision_state_dict())
-  params = vgg19.load_vgg19_params()
+    vgg19_weights.load_vgg19_params()
+  vgg19_weights.default_weights_path().parent.mkdir(parents=True)
+  np.savez(vgg19_weights.default_weights_path(), **_torchvision_state_dict())
+  params = vgg19_weights.load_vgg19_params()
   assert set(params) == {f"features_{i}" for i, _, _ in _ALL_CONVS[:_USED]}
   assert params["features_28"]["kernel"].shape == (3, 3, 512, 512)
 

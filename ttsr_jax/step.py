@@ -1,4 +1,5 @@
-"""Train state, optimisers and the jitted generator/discriminator iteration (reference `trainer.py`).
+"""Train state, optimisers and the jitted generator/discriminator iteration (reference
+`trainer.py`).
 
 One iteration, in the reference's order: generator forward; `gan_k` WGAN-GP discriminator
 updates on the detached sr; the generator's loss with the *updated* discriminator; the generator

@@ -39,12 +39,12 @@ from clu import periodic_actions
 
 from data_pipeline import cufed
 from data_pipeline import samples
-from data_pipeline import train as train_data
+from data_pipeline import train_batches
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
 from ttsr_jax import sharding
 from ttsr_jax import step as step_lib
-from ttsr_jax.tools import vgg19
+from ttsr_jax import vgg19_weights
 
 Params = Any
 PathLike = Union[str, pathlib.Path]
@@ -80,11 +80,11 @@ def load_vgg_params(config: ml_collections.ConfigDict) -> Params:
     raise TrainError(
         f"config.model.vgg19_weights = {path}: file not found. This config trains with ImageNet "
         "VGG19 weights (LTE initialisation and perceptual loss). Create the default file with "
-        f"`python -m ttsr_jax.tools.vgg19` (writes {vgg19.default_weights_path()}; needs a "
+        f"`python -m ttsr_jax.tools.vgg19` (writes {vgg19_weights.default_weights_path()}; needs a "
         "network and torch, or --from a downloaded torchvision .pth / Keras .h5), or point "
         "--config.model.vgg19_weights at a converted .npz")
   logging.info("VGG19 weights from %s", path)
-  return jax.device_get(vgg19.load_vgg19_params(path))
+  return jax.device_get(vgg19_weights.load_vgg19_params(path))
 
 
 def _replicate(tree: Params, mesh: jax.sharding.Mesh) -> Params:
@@ -94,7 +94,7 @@ def _replicate(tree: Params, mesh: jax.sharding.Mesh) -> Params:
       lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
 
 
-def load_train_shard(config: ml_collections.ConfigDict) -> train_data.TrainShard:
+def load_train_shard(config: ml_collections.ConfigDict) -> train_batches.TrainShard:
   """This process's part of the training set, preparing the dataset first if needed."""
   cufed_dir = config.data.cufed_dir
   data_dir = config.data.data_dir or cufed.default_data_dir(cufed_dir)
@@ -105,7 +105,7 @@ def load_train_shard(config: ml_collections.ConfigDict) -> train_data.TrainShard
                    data_dir)
       cufed.prepare(cufed_dir, data_dir, patch_size)
     evaluate_lib.sync_processes("ttsr_dataset_prepared")
-  shard = train_data.load_train_shard(data_dir, patch_size)
+  shard = train_batches.load_train_shard(data_dir, patch_size)
   logging.info("Process %d of %d reads %d of %d training examples (indices %s)",
                shard.process_index, shard.process_count, len(shard.indices), shard.num_examples,
                np.array2string(shard.indices, threshold=32, max_line_width=200))
@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
 
     for epoch in range(step // steps_per_epoch, total_epochs):
       warmup = epoch < config.num_init_epochs
-      batches = train_data.train_iterator(
+      batches = train_batches.train_iterator(
           shard, seed=config.seed, epoch=epoch, global_batch_size=config.batch_size, mesh=mesh,
           start_batch=step - epoch * steps_per_epoch)
       for batch in batches:

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from ttsr_jax.models.layers import Conv2d, Linear
 
 # (output channels, stride) of conv1 .. conv10.
-_CONVS = ((32, 1), (32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2))
+_CONVS = ((32, 1), (32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1),
+          (512, 2))
 
 
 def _lrelu(x):

@@ -1,4 +1,5 @@
-"""LTE, the learnable texture extractor: VGG19 relu1_1 / relu2_1 / relu3_1 (reference `model/LTE.py`)."""
+"""LTE, the learnable texture extractor: VGG19 relu1_1 / relu2_1 / relu3_1 (reference
+`model/LTE.py`)."""
 
 import flax.linen as nn
 import jax

@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_pipeline import cufed
-from data_pipeline import device
+from data_pipeline import host_to_device
 from data_pipeline import files
 from data_pipeline import samples
 from ttsr_jax import sharding
@@ -172,7 +172,7 @@ def train_dataset(shard: TrainShard, *, seed: int, epoch: int, global_batch_size
   Returns:
     A dataset of dicts: `samples.IMAGE_KEYS` as uint8 NHWC and `index` (int64, the examples'
     split-wide indices), `global_batch_size / process_count` examples each. Normalisation is left
-    to the devices (`train_iterator`, see `device`).
+    to the devices (`train_iterator`, see `host_to_device`).
   """
   local_batch_size = shard.local_batch_size(global_batch_size)
   steps = shard.steps_per_epoch(global_batch_size)
@@ -227,4 +227,4 @@ def train_iterator(shard: TrainShard, *, seed: int, epoch: int, global_batch_siz
   sharding.check_batch_size(global_batch_size, mesh.shape[sharding.DATA_AXIS])
   dataset = train_dataset(shard, seed=seed, epoch=epoch, global_batch_size=global_batch_size,
                           start_batch=start_batch, augment=augment)
-  return device.to_device(dataset.as_numpy_iterator(), mesh, prefetch)
+  return host_to_device.to_device(dataset.as_numpy_iterator(), mesh, prefetch)
