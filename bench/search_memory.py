@@ -104,7 +104,8 @@ def run_cli(case: str, chunk: int, tile: int, halo: int, runs: int) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="demo,720p")
   parser.add_argument("--chunk", type=int, default=4096, help="LR positions per relevance block")
   parser.add_argument("--tile", type=int, default=768, help="tile side, output pixels; 0: none")

@@ -1,4 +1,5 @@
-"""Relevance embedding (search) and hard/soft attention (transfer), reference `model/SearchTransfer.py`.
+"""Relevance embedding (search) and hard/soft attention (transfer), reference
+`model/SearchTransfer.py`.
 
 The reference unfolds 3x3 patches of the LR and reference lv3 features, L2-normalises them, builds
 the whole (h*w x H*W) relevance matrix R, takes S = max and the argmax over reference positions,
@@ -38,7 +39,9 @@ def l2_normalize(v: jnp.ndarray) -> jnp.ndarray:
 
 
 def _relevance_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
-  """argmax_j <keys[j], query[i]> for each i, over blocks of `chunk_size` queries. Returns (N, Q)."""
+  """argmax_j <keys[j], query[i]> for each i, over blocks of `chunk_size` queries.
+
+  Returns (N, Q)."""
   precision = jax.lax.Precision.HIGHEST
 
   def block_argmax(q_block):
@@ -129,7 +132,8 @@ def _transfer_level(ref_feat: jnp.ndarray, index_rc: tuple[jnp.ndarray, jnp.ndar
 
 
 def transfer(index: jnp.ndarray, ref_grid_w: int, lr_hw: tuple[int, int], ref_lv1: jnp.ndarray,
-             ref_lv2: jnp.ndarray, ref_lv3: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+             ref_lv2: jnp.ndarray, ref_lv3: jnp.ndarray
+             ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Hard attention: textures T_lv3 (H, W), T_lv2 (2H, 2W), T_lv1 (4H, 4W) for an (N, H*W) index."""
   n = index.shape[0]
   idx = index.reshape(n, *lr_hw)
