@@ -20,12 +20,13 @@ from PIL import Image
 
 from data_pipeline import cufed5
 from tiny_runs import STEPS_PER_EPOCH
+from ttsr_jax import plots
 from ttsr_jax import predict
 from ttsr_jax import report
 from ttsr_jax import train
 
 NUM_SAMPLES = 2  # the tiny dataset's CUFED5 has two images
-PLOT_PIXELS = tuple(round(inches * report.PLOT_DPI) for inches in report.PLOT_SIZE)
+PLOT_PIXELS = tuple(round(inches * plots.PLOT_DPI) for inches in plots.PLOT_SIZE)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import pathlib
 from typing import Any, Optional, Union
 
 import flax
+from flax import traverse_util
 import jax
 import ml_collections
 import numpy as np
@@ -102,6 +103,26 @@ def abstract_train_state(config: ml_collections.ConfigDict,
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
 
 
+def _restore_config(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def stored_config(directory: PathLike, step: int) -> dict[str, Any]:
+  """The experiment config saved with checkpoint `step` under `directory`, nested, as JSON."""
+  with manager(directory, read_only=True) as mngr:
+    return _restore_config(mngr, step)
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Union[bool, int, float, str]]:
+  """A config (`ConfigDict.to_dict()`, or `stored_config`) with dotted keys and the scalar types
+  TensorBoard's hparams accept: anything else as its str(), sequences as tuples, so that a stored
+  (JSON) config reads like the live one."""
+  flat = traverse_util.flatten_dict(config, sep=".")
+  return {key: value if isinstance(value, (bool, int, float, str))
+          else str(tuple(value) if isinstance(value, list) else value)
+          for key, value in flat.items()}
+
+
 def _lookup(tree: dict[str, Any], field: str) -> Any:
   for key in field.split("."):
     tree = tree.get(key) if isinstance(tree, dict) else None
@@ -123,7 +144,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.Confi
     CheckpointError: the checkpoint was written with another model config (named fields).
   """
   where = pathlib.Path(mngr.directory) / str(step)
-  stored = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  stored = _restore_config(mngr, step)
   differences = model_differences(stored, config)
   if differences:
     raise CheckpointError(
@@ -231,7 +252,7 @@ def _restore_generator(path: pathlib.Path,
   directory, step = locate(path, str(path))
   where = directory / str(step)
   with manager(directory, read_only=True) as mngr:
-    config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    config = _restore_config(mngr, step)
     stored = config.get("model") if isinstance(config, dict) else None
     if not isinstance(stored, dict) or any(k not in stored for k in ARCHITECTURE_KEYS):
       raise CheckpointError(f"{where / 'config'}: no model config with "

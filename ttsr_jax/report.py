@@ -19,224 +19,47 @@ and stderr say what is missing; the command fails only when no workdir has anyth
 """
 
 import argparse
-import os
-import dataclasses
 import itertools
-import json
-import math
+import os
 import pathlib
-import re
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from absl import logging as absl_logging
-from google.protobuf import json_format
 import jax
-from matplotlib.backends import backend_agg
-from matplotlib import figure
-from matplotlib import ticker
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
-from tensorboard.backend.event_processing import plugin_event_accumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorboard.util import tensor_util
 
 from data_pipeline import cufed5
 from data_pipeline import files
 from data_pipeline import samples
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
+from ttsr_jax import plots
 from ttsr_jax import predict
+from ttsr_jax import runs as runs_lib
 from ttsr_jax import step as step_lib
+from ttsr_jax.runs import MISSING, Run
 
 PathLike = Union[str, os.PathLike]
-Series = list[tuple[int, float]]  # (step, value) by step
 
-TENSORBOARD_DIR = "tensorboard"  # under the workdir, as train.py writes it
 SAMPLE_LEVEL = 1  # CUFED5 reference level of the sample grids (the reference's evaluation)
 DEFAULT_NUM_SAMPLES = 3
-PLOT_SIZE = (6.4, 4.0)  # inches
-PLOT_DPI = 100  # so each plot is 640 x 400 pixels
-# CUFED5, 'ttsr' protocol (TTSR_SPEC 8): the released checkpoints through eval.sh (level-1
-# references), and the paper's Table 1 figure, which stitched the five references of each image.
+# CUFED5, 'ttsr' protocol (the reference's README and the paper): the released checkpoints
+# through eval.sh (level-1 references), and the paper's Table 1 figure, which stitched the five
+# references of each image.
 PUBLISHED = (
     ("TTSR-rec (released TTSR-rec.pt, eval.sh)", "level1", "26.99", "0.800"),
     ("TTSR (released TTSR.pt, eval.sh)", "level1", "25.40", "0.760"),
     ("TTSR-rec, paper Table 1", "multi_reference", "27.09", "—"),
 )
-# Plot order of the train/* groups and of the loss terms (the reference's order); others follow
-# alphabetically.
-_GROUPS = {"loss": "Losses", "d": "Discriminator", "lr": "Learning rates",
-           "grad_norm": "Gradient norms"}
-_LOSS_TERMS = ("rec", "per", "tpl", "adv", "total")
-_MISSING = "—"
 
 
 class ReportError(Exception):
   """Nothing could be reported; printed as one line."""
-
-
-@dataclasses.dataclass
-class Events:
-  """What a workdir's TensorBoard event files hold."""
-  scalars: dict[str, Series]  # by tag; a step logged again by a later launch keeps its last value
-  hparams: dict[str, Any]  # flattened config ('loss.rec_w': 1.0, ...) of the first launch
-  launch_seconds: list[float]  # first to last event of each event file (one per launch)
-
-
-@dataclasses.dataclass
-class Run:
-  """One workdir's contents as the report uses them; empty where the workdir lacks them."""
-  name: str
-  workdir: pathlib.Path
-  scalars: dict[str, Series] = dataclasses.field(default_factory=dict)
-  launch_seconds: list[float] = dataclasses.field(default_factory=list)
-  config: dict[str, Any] = dataclasses.field(default_factory=dict)  # nested, as stored
-  flat_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # dotted keys
-  config_source: str = _MISSING
-  devices: Optional[int] = None
-  steps_per_epoch: Optional[int] = None
-  eval_files: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  sample_checkpoint: Optional[tuple[pathlib.Path, int]] = None  # (checkpoints dir, step)
-  problems: list[str] = dataclasses.field(default_factory=list)
-
-  def has_data(self) -> bool:
-    return bool(self.scalars or self.flat_config or self.eval_files)
-
-  def protocols(self) -> list[str]:
-    """Evaluation protocols in the events ('level1', 'multi_reference', ...)."""
-    return sorted({m.group(1) for tag in self.scalars
-                   if (m := re.fullmatch(r"eval/(.+)/psnr", tag))})
-
-  def last_step(self) -> Optional[int]:
-    return max((s[-1][0] for s in self.scalars.values()), default=None)
-
-  def when(self, step: int) -> str:
-    """'epoch E (step S)', or 'step S' where the epoch length is unknown."""
-    if self.steps_per_epoch:
-      return f"epoch {step // self.steps_per_epoch} (step {step})"
-    return f"step {step}"
-
-
-def read_events(logdir: PathLike) -> Optional[Events]:
-  """Scalars, hparams and launch durations from the event files in `logdir` (None if none).
-
-  clu writes scalars as tensor summaries of the 'scalars' plugin; the plugin accumulator also
-  turns TF1-style simple values into such tensors, so both kinds are read.
-  """
-  accumulators = []
-  for path in pathlib.Path(logdir).glob("events.out.tfevents.*"):
-    # Keep every scalar; of the image grids only the latest, which the report does not use.
-    acc = plugin_event_accumulator.EventAccumulator(
-        str(path), size_guidance={plugin_event_accumulator.TENSORS: 0},
-        tensor_size_guidance={"images": 1})
-    acc.Reload()
-    try:
-      acc.FirstEventTimestamp()
-    except ValueError:  # an empty file, e.g. from a launch that died at once
-      continue
-    accumulators.append(acc)
-  if not accumulators:
-    return None
-  accumulators.sort(key=lambda acc: acc.FirstEventTimestamp())
-  values: dict[str, dict[int, float]] = {}
-  hparams, launch_seconds = {}, []
-  for acc in accumulators:
-    last = acc.FirstEventTimestamp()
-    for tag in acc.Tags()[plugin_event_accumulator.TENSORS]:
-      events = acc.Tensors(tag)
-      last = max([last] + [e.wall_time for e in events])
-      if acc.SummaryMetadata(tag).plugin_data.plugin_name == scalar_metadata.PLUGIN_NAME:
-        values.setdefault(tag, {}).update(
-            (e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events)
-    launch_seconds.append(last - acc.FirstEventTimestamp())
-    try:
-      content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-    except KeyError:  # written at a fresh start only, not when a launch resumes
-      content = {}
-    if not hparams and hparams_metadata.SESSION_START_INFO_TAG in content:
-      info = hparams_metadata.parse_session_start_info_plugin_data(
-          content[hparams_metadata.SESSION_START_INFO_TAG])
-      hparams = {k: json_format.MessageToDict(v) for k, v in info.hparams.items()}
-  scalars = {tag: sorted(by_step.items()) for tag, by_step in values.items()}
-  return Events(scalars, hparams, launch_seconds)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """A stored config with dotted keys, valued as the TensorBoard hparams hold it (None and
-  sequences as their str(), tuples as written), so both sources format alike."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    elif isinstance(value, (bool, int, float, str)):
-      flat[prefix + key] = value
-    else:
-      flat[prefix + key] = str(tuple(value) if isinstance(value, list) else value)
-  return flat
-
-
-def _stored_config(directory: pathlib.Path, step: int) -> dict[str, Any]:
-  with checkpoint.manager(directory, read_only=True) as mngr:
-    return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
-
-def _saved_devices(step_dir: pathlib.Path) -> Optional[int]:
-  """Devices of the mesh the step's state was replicated over when it was saved."""
-  # Orbax reads arrays (and their metadata) from absolute paths only.
-  tree = ocp.StandardCheckpointHandler().metadata((step_dir / "state").absolute())
-  sharding = getattr(jax.tree_util.tree_leaves(tree)[0], "sharding", None)
-  return None if sharding is None else math.prod(sharding.shape)
-
-
-def load_run(workdir: PathLike, name: str) -> Run:
-  """Everything the report shows of one workdir, with a message for each part it lacks."""
-  run = Run(name, pathlib.Path(workdir))
-  if not run.workdir.is_dir():
-    run.problems.append(f"{run.workdir}: no such directory")
-    return run
-  logdir = run.workdir / TENSORBOARD_DIR
-  events = read_events(logdir) if logdir.is_dir() else None
-  if events is None:
-    run.problems.append(f"{logdir}: no TensorBoard event files; no curves or results for this "
-                        "run")
-  else:
-    run.scalars, run.launch_seconds = events.scalars, events.launch_seconds
-    if not run.protocols():
-      run.problems.append(f"{logdir}: no evaluation in the events (eval_every 0, or the run "
-                          "stopped before its first evaluation); no PSNR/SSIM for this run")
-
-  try:
-    directory, latest = checkpoint.locate(run.workdir, "latest")
-  except checkpoint.CheckpointError as e:
-    run.problems.append(f"{e}; no stored config, device count or samples for this run")
-  else:
-    run.config = _stored_config(directory, latest)
-    run.flat_config = _flatten(run.config)
-    run.config_source = f"checkpoint step {latest}"
-    run.devices = _saved_devices(directory / str(latest))
-    try:
-      run.sample_checkpoint = checkpoint.locate(run.workdir, "best")
-    except checkpoint.CheckpointError:
-      run.sample_checkpoint = directory, latest
-      run.problems.append(f"{directory}: no evaluated checkpoint; samples from the latest "
-                          f"(step {latest})")
-  if not run.flat_config and events is not None and events.hparams:
-    run.flat_config, run.config_source = events.hparams, "TensorBoard hparams"
-
-  evals_path = run.workdir / "evals.jsonl"
-  if evals_path.is_file() and evals_path.stat().st_size:
-    # Evaluations come at the end of an epoch, so any one of them gives the epoch's length.
-    first = json.loads(evals_path.read_text().splitlines()[0])
-    run.steps_per_epoch = first["step"] // first["epoch"]
-  run.eval_files = sorted((json.loads(p.read_text()) for p in run.workdir.glob("eval_*.json")),
-                          key=lambda e: e.get("step", 0))
-  return run
 
 
 def render_samples(run: Run, out_dir: PathLike, num_samples: int,
@@ -273,82 +96,10 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
   return paths
 
 
-def plot(path: PathLike, title: str, xlabel: str,
-         lines: Sequence[tuple[str, Sequence[float], Sequence[float], dict[str, Any]]]) -> None:
-  """A PLOT_SIZE line plot of (label, x, y, matplotlib style) lines, with a legend if several."""
-  fig = figure.Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI)
-  backend_agg.FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
-  for label, x, y, style in lines:
-    ax.plot(x, y, label=label, **style)
-  ax.set_title(title)
-  ax.set_xlabel(xlabel)
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # steps and epochs
-  ax.grid(alpha=0.3)
-  if len(lines) > 1:
-    ax.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path, dpi=PLOT_DPI)
-
-
-def _slug(text: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
-
-
-def _rank(name: str, known: Sequence[str]) -> tuple[int, str]:
-  """Sort key: the names in `known` in its order, then the others alphabetically."""
-  return (known.index(name) if name in known else len(known), name)
-
-
-def _train_tags(runs: Sequence[Run]) -> dict[str, list[str]]:
-  """train/* scalar tags by group ('loss', 'd', ...), in plot order; the weighted copies of the
-  loss terms are left out (each is its weight times the term)."""
-  groups: dict[str, list[str]] = {}
-  for tag in {t for run in runs for t in run.scalars}:
-    if tag.startswith("train/") and not tag.endswith("_weighted"):
-      groups.setdefault(tag.split("/")[1], []).append(tag)
-  return {group: sorted(groups[group], key=lambda t: _rank(t.split("/")[-1], _LOSS_TERMS))
-          for group in sorted(groups, key=lambda g: _rank(g, list(_GROUPS)))}
-
-
-def plot_curves(runs: Sequence[Run], out_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
-  """Writes the train/* and eval/* plots under `out_dir`; returns them by README section."""
-  out_dir.mkdir(parents=True, exist_ok=True)
-  sections: dict[str, list[pathlib.Path]] = {}
-  colors = {run.name: f"C{i}" for i, run in enumerate(runs)}
-
-  evaluated = [run for run in runs if run.protocols()]
-  by_epoch = bool(evaluated) and all(run.steps_per_epoch for run in evaluated)
-  xlabel = "epoch (warm-up included)" if by_epoch else "step"
-  for protocol in sorted({p for run in evaluated for p in run.protocols()}):
-    for metric in ("psnr", "ssim"):
-      lines = []
-      for run in evaluated:
-        for tag, label, style in ((f"eval/{protocol}/{metric}", run.name, {"marker": "o"}),
-                                  (f"eval/{protocol}/bicubic_{metric}", f"{run.name} (bicubic)",
-                                   {"linestyle": "--"})):
-          if tag in run.scalars:
-            steps, values = zip(*run.scalars[tag])
-            x = [s / run.steps_per_epoch for s in steps] if by_epoch else steps
-            lines.append((label, x, values, {"color": colors[run.name], **style}))
-      path = out_dir / f"eval_{protocol}_{metric}.png"
-      plot(path, f"CUFED5 {protocol}: {metric.upper()}", xlabel, lines)
-      sections.setdefault("Evaluation", []).append(path)
-
-  for group, tags in _train_tags(runs).items():
-    for tag in tags:
-      lines = [(run.name, *zip(*run.scalars[tag]), {"color": colors[run.name]})
-               for run in runs if tag in run.scalars]
-      path = out_dir / f"{_slug(tag)}.png"
-      plot(path, tag, "step", lines)
-      sections.setdefault(_GROUPS.get(group, group), []).append(path)
-  return sections
-
-
 def _format(value: Any) -> str:
   """A config value for the tables; hparams hold None as 'None' and integers as floats."""
   if value is None or value == "None":
-    return _MISSING
+    return MISSING
   if isinstance(value, bool):
     return "yes" if value else "no"
   if isinstance(value, (int, float)):
@@ -372,12 +123,12 @@ def _config_rows(run: Run) -> list[tuple[str, str]]:
   c = run.flat_config
 
   def get(*keys: str, sep: str = " / ") -> str:
-    return sep.join(_format(c.get(key)) for key in keys) if c else _MISSING
+    return sep.join(_format(c.get(key)) for key in keys) if c else MISSING
 
   vgg = get("model.vgg19_weights")
-  if c and vgg == _MISSING:
+  if c and vgg == MISSING:
     vgg = "random init"
-  time = _MISSING
+  time = MISSING
   if run.launch_seconds:
     launches = len(run.launch_seconds)
     time = f"{_duration(sum(run.launch_seconds))} ({launches} launch{'es' * (launches > 1)})"
@@ -392,7 +143,7 @@ def _config_rows(run: Run) -> list[tuple[str, str]]:
       ("precision, remat", get("model.precision", "model.remat", sep=", ")),
       ("VGG19 weights", vgg),
       ("training patch (HR)",
-       _format(4 * c["train_crop_size"]) if "train_crop_size" in c else _MISSING),
+       _format(4 * c["train_crop_size"]) if "train_crop_size" in c else MISSING),
       ("data", get("data.cufed_dir")),
       ("evaluation: protocol, levels", get("eval.protocol", "eval.levels", sep=", ")),
       ("devices", _format(run.devices)),
@@ -406,7 +157,7 @@ def _config_rows(run: Run) -> list[tuple[str, str]]:
 def _score(values: dict[Any, float], key: Any, metric: str) -> str:
   """PSNR to 3 decimals and SSIM to 4, as the training logs them; '—' if absent."""
   if key not in values:
-    return _MISSING
+    return MISSING
   return f"{values[key]:.{4 if metric.endswith('ssim') else 3}f}"
 
 
@@ -428,8 +179,8 @@ def _eval_file_rows(run: Run) -> list[list[str]]:
   rows = []
   for record in run.eval_files:
     for protocol in sorted({k.split("/")[0] for k in record if k.endswith("/psnr")}):
-      rows.append([run.name, f"`{record.get('checkpoint', _MISSING)}`",
-                   str(record.get("protocol", _MISSING)), protocol,
+      rows.append([run.name, f"`{record.get('checkpoint', MISSING)}`",
+                   str(record.get("protocol", MISSING)), protocol,
                    *(_score(record, f"{protocol}/{m}", m) for m in evaluate_lib.SCORES)])
   return rows
 
@@ -467,7 +218,7 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
     ReportError: no workdir holds events, a checkpoint or an evaluation file.
   """
   workdirs = [pathlib.Path(w) for w in workdirs]
-  runs = [load_run(w, name) for w, name in zip(workdirs, _run_names(workdirs))]
+  runs = [runs_lib.load_run(w, name) for w, name in zip(workdirs, _run_names(workdirs))]
   if not any(run.has_data() for run in runs):
     raise ReportError("nothing to report: " + "; ".join(p for run in runs for p in run.problems))
   out = pathlib.Path(out)
@@ -478,11 +229,11 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
     if run.sample_checkpoint is None or num_samples <= 0:
       continue
     try:
-      sample_paths[run.name] = render_samples(run, out / "samples" / _slug(run.name), num_samples,
-                                              cufed_dir)
+      sample_paths[run.name] = render_samples(run, out / "samples" / plots.slug(run.name),
+                                              num_samples, cufed_dir)
     except (checkpoint.CheckpointError, files.DatasetError) as e:
       run.problems.append(f"no samples: {e}")
-  plots = plot_curves(runs, out / "plots")
+  plot_paths = plots.plot_curves(runs, out / "plots")
 
   command = ["python", "-m", "ttsr_jax.report", *(f"--workdir={w}" for w in workdirs),
              f"--out={out}"]
@@ -524,12 +275,12 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
                      "bicubic PSNR", "bicubic SSIM"], eval_rows) + [""]
   for run in runs:
     for record in (r for r in run.eval_files if "eval" in r):
-      lines += [f"Results table of `{record.get('checkpoint', _MISSING)}` ({run.name}):", "",
+      lines += [f"Results table of `{record.get('checkpoint', MISSING)}` ({run.name}):", "",
                 *evaluate_lib.results_table(record), ""]
 
-  if plots:
+  if plot_paths:
     lines += ["## Curves", ""]
-    for section, paths in plots.items():
+    for section, paths in plot_paths.items():
       lines += [f"### {section}", "", " ".join(_image(p, out) for p in paths), ""]
 
   if sample_paths:

@@ -31,7 +31,6 @@ from typing import Any, Optional, Union
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-from flax import traverse_util
 import ml_collections
 import numpy as np
 from clu import metric_writers
@@ -215,16 +214,6 @@ def _write_json_line(path: pathlib.Path, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
-def hparams(config: dict[str, Any]) -> dict[str, Union[bool, int, float, str]]:
-  """A config (`ConfigDict.to_dict()`, or as stored in a checkpoint) with dotted keys and the
-  scalar types TensorBoard's hparams accept: anything else as its str(), sequences as tuples so
-  that a stored (JSON) config reads like the live one."""
-  flat = traverse_util.flatten_dict(config, sep=".")
-  return {key: value if isinstance(value, (bool, int, float, str))
-          else str(tuple(value) if isinstance(value, list) else value)
-          for key, value in flat.items()}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
 
@@ -268,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
       init = jax.jit(lambda vgg: step_lib.create_train_state(config, vgg, steps_per_epoch),
                      out_shardings=sharding.replicated(mesh))
       state, last_eval = init(vgg_params), {}
-      writer.write_hparams(hparams(config.to_dict()))
+      writer.write_hparams(checkpoint.flat_config(config.to_dict()))
     else:
       state, last_eval = checkpoint.restore(mngr, latest, config, mesh)
       last_eval = last_eval or {}
