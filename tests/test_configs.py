@@ -16,7 +16,7 @@ from ttsr_jax import train
 CONFIG_FILES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
 PRETRAINED = ("exp1_1", "exp1_2", "exp1_3", "ttsr_rec", "ttsr_gan")
 # (batch_size, num_init_epochs, num_epochs, (rec_w, per_w, tpl_w, adv_w), lte_reduce_lv3) from
-# issue 5 (exp1_*) and the reference's train.sh (ttsr_*, TTSR_SPEC section 7).
+# the project's experiment list (exp1_*, docs/training.md) and the reference's train.sh (ttsr_*).
 EXPECTED = {
     "exp1_1": (8, 0, 30, (1.0, 0.0, 0.0, 0.0), False),
     "exp1_2": (6, 2, 30, (1.0, 1e-2, 1e-2, 1e-2), False),

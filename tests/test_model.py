@@ -48,7 +48,7 @@ def test_batch_items_are_independent(tiny_params):
 def test_lte_and_main_net_parameters_are_separate(tiny_params):
   assert set(tiny_params) == {"LTE", "MainNet"}
   n_lte = sum(x.size for x in jax.tree_util.tree_leaves(tiny_params["LTE"]))
-  assert n_lte == 555_328  # TTSR_SPEC 2.2: trainable LTE parameters, fixed by VGG19
+  assert n_lte == 555_328  # the reference's trainable LTE parameters, fixed by VGG19
 
 
 def test_default_config_parameter_count():

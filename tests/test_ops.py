@@ -10,7 +10,7 @@ import pytest
 from ttsr_jax.ops.bicubic import phase_taps, upsample_bicubic
 from ttsr_jax.ops.pixel_shuffle import pixel_shuffle
 
-# TTSR_SPEC.md 2.4.1: (first tap relative to k, weights) per output phase, checked against PyTorch.
+# (first tap relative to k, weights) per output phase, checked against PyTorch's bicubic.
 SPEC_TABLE = {
     2: [(-2, (-9, 67, 225, -27), 256), (-1, (-27, 225, 67, -9), 256)],
     4: [(-2, (-135, 873, 1535, -225), 2048), (-2, (-21, 235, 1981, -147), 2048),

@@ -58,8 +58,9 @@ def test_fast_step_keeps_parameters_gradients_and_optimiser_in_float32():
   state = jax.eval_shape(lambda v: step_lib.create_train_state(config, v, 10), vgg)
   hr, ref = _images(2, (32, 32), (32, 32))[2:]
   batch = dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref)
+  _, d_tx = step_lib.make_optimizers(config, 10)
   gradients, d_params, d_opt_state, metrics = jax.eval_shape(
-      step_lib.make_gradient_fn(config, 10, warmup=False), state, batch, vgg)
+      step_lib.make_d_update_and_g_gradients(config, d_tx, warmup=False), state, batch, vgg)
   trees = {"state": state, "gradients": gradients, "d_params": d_params,
            "d_opt_state": d_opt_state, "metrics": metrics}
   for name, tree in trees.items():
