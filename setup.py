@@ -35,7 +35,7 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "h5py>=3.10", "ruff==0.17.6"],
+        "test": ["pytest>=8", "pytest-xdist==3.8.0", "h5py>=3.10", "ruff==0.17.6"],
         # NVIDIA GPUs: JAX's CUDA plugin and the CUDA/cuDNN wheels, at the jax version above.
         # cuda12 needs an NVIDIA driver >= 525.60.13, cuda13 one >= 580 (Linux x86_64/aarch64).
         "cuda12": ["jax[cuda12]==0.10.2"],
