@@ -1,6 +1,7 @@
 """The precision policies (models/precision.py): what 'fast' computes in bfloat16 and what it
 keeps in float32, how far it moves a tiny model, and the profiler switch."""
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,7 +93,17 @@ def test_profiler_traces_steps_after_the_first(tmp_path, num_steps):
   assert len(traces) == (1 if num_steps else 0)
 
 
-def test_accelerator_config_on_cpu_only_logs_how_to_install(caplog):
+@pytest.fixture
+def absl_warnings():
+  """absl passes warnings on to `logging` (commands that other tests run in this process, such
+  as infer and report, turn its verbosity down to errors)."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  yield
+  absl_logging.set_verbosity(previous)
+
+
+def test_accelerator_config_on_cpu_only_logs_how_to_install(caplog, absl_warnings):
   import launch  # pylint: disable=import-outside-toplevel  # defines absl flags
   config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
   with caplog.at_level("WARNING"):
