@@ -265,8 +265,8 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
                      "bicubic PSNR", "bicubic SSIM"], result_rows) + [""]
   else:
     lines += ["No evaluation in the events of any run.", ""]
-  lines += ["Published numbers for context (the reference's README and the paper; the real CUFED5 with the 'ttsr' "
-            "protocol, so not comparable with a run on other data):", ""]
+  lines += ["Published numbers for context (the reference's README and the paper; the real "
+            "CUFED5 with the 'ttsr' protocol, so not comparable with a run on other data):", ""]
   lines += _table(["model", "protocol", "PSNR", "SSIM"], [list(row) for row in PUBLISHED]) + [""]
   eval_rows = [row for run in runs for row in _eval_file_rows(run)]
   if eval_rows:
