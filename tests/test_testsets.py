@@ -183,7 +183,7 @@ def test_command_evaluates_every_set_from_a_state_dict(root, tmp_path, capsys):
   record = json.loads(out.read_text())
   names = ["level1", "sun80", "urban100", "manga109", "wrsr"]
   assert [k[:-len("/psnr")] for k in record if k.endswith("/psnr")] == names
-  assert record["checkpoint"] == str(checkpoint) and record["eval"]["sets"] == args[7]
+  assert record["checkpoint"] == str(state_dict) and record["eval"]["sets"] == args[7]
   table = captured.out.splitlines()
   assert [line.split(" | ")[1] for line in table[4:]] == names
   # Bicubic beside each: the upsampled LR input under the same ('ttsr') metric.
