@@ -21,9 +21,9 @@ from ttsr_jax import predict
 from ttsr_jax import step as step_lib
 from ttsr_jax.models.ttsr import TTSR
 from parity import load_case
+from tiny_configs import TINY
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))
 TINY_CONFIG = dict(TINY, lte_reduce_lv3=False)
 LR_HW, REF_HW = (6, 5), (22, 17)  # few shapes: each new one costs a compilation
 

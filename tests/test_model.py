@@ -5,27 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tiny_configs import TINY, random_inputs
 from ttsr_jax import convert
 from ttsr_jax.models.ttsr import TTSR
 
-TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))
-
-
-def _inputs(n, lr_hw, ref_hw, seed=0):
-  keys = jax.random.split(jax.random.key(seed), 4)
-  h, w = lr_hw
-  shapes = ((n, h, w, 3), (n, 4 * h, 4 * w, 3), (n, *ref_hw, 3), (n, *ref_hw, 3))
-  return [jax.random.uniform(k, s, minval=-1, maxval=1) for k, s in zip(keys, shapes)]
-
-
 @pytest.fixture(scope="module")
 def tiny_params():
-  return jax.jit(TTSR(**TINY).init)(jax.random.key(0), *_inputs(1, (4, 4), (16, 16)))["params"]
+  inputs = random_inputs(1, (4, 4), (16, 16))
+  return jax.jit(TTSR(**TINY).init)(jax.random.key(0), *inputs)["params"]
 
 
 @pytest.mark.parametrize("lr_hw,ref_hw", [((5, 7), (12, 20)), ((6, 3), (28, 8))])
 def test_any_lr_and_reference_size(tiny_params, lr_hw, ref_hw):
-  out = jax.jit(TTSR(**TINY).apply)({"params": tiny_params}, *_inputs(2, lr_hw, ref_hw))
+  out = jax.jit(TTSR(**TINY).apply)({"params": tiny_params}, *random_inputs(2, lr_hw, ref_hw))
   h, w = lr_hw
   assert out.sr.shape == (2, 4 * h, 4 * w, 3)
   assert out.S.shape == (2, h, w, 1)
@@ -38,7 +30,7 @@ def test_any_lr_and_reference_size(tiny_params, lr_hw, ref_hw):
 
 
 def test_batch_items_are_independent(tiny_params):
-  inputs = _inputs(2, (4, 5), (16, 12))
+  inputs = random_inputs(2, (4, 5), (16, 12))
   apply = jax.jit(TTSR(**TINY).apply)
   both = apply({"params": tiny_params}, *inputs)
   second = apply({"params": tiny_params}, *[x[1:] for x in inputs])
@@ -52,13 +44,13 @@ def test_lte_and_main_net_parameters_are_separate(tiny_params):
 
 
 def test_default_config_parameter_count():
-  params = convert.abstract_params(TTSR(), *_inputs(1, (4, 4), (16, 16)))
+  params = convert.abstract_params(TTSR(), *random_inputs(1, (4, 4), (16, 16)))
   assert sum(x.size for x in jax.tree_util.tree_leaves(params["MainNet"])) == 6_174_275
 
 
 def test_reduced_lte_variant_feeds_64_channels():
   model = TTSR(**TINY, lte_reduce_lv3=True)
-  inputs = _inputs(1, (4, 4), (16, 16))
+  inputs = random_inputs(1, (4, 4), (16, 16))
   params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
   assert params["LTE"]["reduce_lv3"]["kernel"].shape == (3, 3, 256, 64)
   assert params["MainNet"]["conv11_head"]["kernel"].shape == (3, 3, 64 + 8, 8)
@@ -69,7 +61,7 @@ def test_reduced_lte_variant_feeds_64_channels():
 
 
 def test_remat_changes_nothing(tiny_params):
-  inputs = _inputs(1, (4, 4), (16, 16))
+  inputs = random_inputs(1, (4, 4), (16, 16))
 
   def loss(model):
     return lambda p: jnp.mean(model.apply({"params": p}, *inputs).sr)

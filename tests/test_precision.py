@@ -8,24 +8,15 @@ import numpy as np
 import pytest
 
 import tiny_configs
+from tiny_configs import TINY, random_inputs
 from ttsr_jax import step as step_lib
 from ttsr_jax import train
 from ttsr_jax.models.ttsr import TTSR
 
-TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))
-
-
-def _images(n, lr_hw, ref_hw, seed=0):
-  keys = jax.random.split(jax.random.key(seed), 4)
-  h, w = lr_hw
-  shapes = ((n, h, w, 3), (n, 4 * h, 4 * w, 3), (n, *ref_hw, 3), (n, *ref_hw, 3))
-  return [jax.random.uniform(k, s, minval=-1, maxval=1) for k, s in zip(keys, shapes)]
-
-
 @pytest.fixture(scope="module")
 def forwards():
   """Outputs of the same tiny TTSR under 'exact' and 'fast'."""
-  inputs = _images(1, (4, 4), (16, 16))  # test_model.py's shapes: its compiled init is reused
+  inputs = random_inputs(1, (4, 4), (16, 16))  # test_model.py's shapes: its compiled init is reused
   params = jax.jit(TTSR(**TINY).init)(jax.random.key(0), *inputs)["params"]
   return {p: jax.jit(TTSR(**TINY, precision=p).apply)({"params": params}, *inputs)
           for p in ("exact", "fast")}
@@ -57,7 +48,7 @@ def test_fast_step_keeps_parameters_gradients_and_optimiser_in_float32():
   config.loss.update(tpl_w=0.0, gan_k=1)  # the texture loss's LTE is float32 anyway
   vgg = jax.eval_shape(lambda: step_lib.init_vgg_params(config, jax.random.key(1)))
   state = jax.eval_shape(lambda v: step_lib.create_train_state(config, v, 10), vgg)
-  hr, ref = _images(2, (32, 32), (32, 32))[2:]
+  hr, ref = random_inputs(2, (32, 32), (32, 32))[2:]
   batch = dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref)
   _, d_tx = step_lib.make_optimizers(config, 10)
   gradients, d_params, d_opt_state, metrics = jax.eval_shape(

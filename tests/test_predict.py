@@ -11,8 +11,8 @@ from ttsr_jax import explain
 from ttsr_jax import predict
 from ttsr_jax import tiling
 from ttsr_jax.models.ttsr import TTSR
+from tiny_configs import TINY
 
-TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))
 # Two tiles per axis at the tiny model's exact halo (22 LR pixels): 64x60 LR in windows of at
 # most 56 (224 output pixels).
 LR_HW, REF_HW, TILE = (64, 60), (40, 36), 224

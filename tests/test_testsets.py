@@ -21,11 +21,11 @@ from ttsr_jax import evaluate
 from ttsr_jax import checkpoint
 from ttsr_jax import metrics
 from ttsr_jax import report
+from tiny_configs import TINY
 
 # Test images are not multiples of 4. Every reference, the LR images included, is 12 x 12, so
 # the end-to-end evaluation compiles the model for one input shape only.
 HR_HW, REF_HW = (50, 49), (12, 12)
-TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))
 
 
 def _write(path: pathlib.Path, seed: int, hw=HR_HW) -> pathlib.Path:

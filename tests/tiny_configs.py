@@ -1,8 +1,19 @@
-"""The smallest TTSR config with every loss on, for tests that compare train steps."""
+"""The smallest TTSR: its architecture, random model inputs, and a config with every loss on."""
 
+import jax
 import ml_collections
 
 from configs import default
+
+TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))  # TTSR(**TINY)
+
+
+def random_inputs(n: int, lr_hw: tuple[int, int], ref_hw: tuple[int, int], seed: int = 0) -> list:
+  """(lr, lrsr, ref, refsr), uniform in [-1, 1], for a batch of n."""
+  keys = jax.random.split(jax.random.key(seed), 4)
+  h, w = lr_hw
+  shapes = ((n, h, w, 3), (n, 4 * h, 4 * w, 3), (n, *ref_hw, 3), (n, *ref_hw, 3))
+  return [jax.random.uniform(k, s, minval=-1, maxval=1) for k, s in zip(keys, shapes)]
 
 
 def all_losses(train_crop_size: int, batch_size: int) -> ml_collections.ConfigDict:
