@@ -46,13 +46,13 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
   """A square NHWC/HWIO convolution whose backward pass is written as forward convolutions
   and matrix products.
 
-  XLA:CPU runs its own input- and kernel-gradient convolutions about 9x and 46x slower inside a
-  loop body (lax.scan, as in gradient accumulation) than outside (bench/conv_backward.py),
-  while forward convolutions and dots keep their speed. Here the input gradient is a forward
-  convolution of the output gradient with the flipped, transposed kernel (the zero-interleaved
-  output gradient for strided convolutions), and the kernel gradient one matrix product per
-  kernel row. Both are written with `conv2d` and dots, so the second derivative (the WGAN-GP
-  penalty) stays fast too.
+  XLA:CPU runs its own input- and kernel-gradient convolutions many times slower inside a loop
+  body (lax.scan, as in gradient accumulation) than outside (bench/conv_backward.py measures it;
+  docs/benchmarks.md), while forward convolutions and dots keep their speed. Here the input
+  gradient is a forward convolution of the output gradient with the flipped, transposed kernel
+  (the zero-interleaved output gradient for strided convolutions), and the kernel gradient one
+  matrix product per kernel row. Both are written with `conv2d` and dots, so the second
+  derivative (the WGAN-GP penalty) stays fast too.
   """
   return xla_conv2d(x, kernel, stride, padding, precision)
 
