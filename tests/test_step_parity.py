@@ -67,13 +67,34 @@ def _assert_grads(grads, case, prefix, rel):
         f"{prefix}/{name}: {err:.3g} vs max {np.abs(want).max():.3g}")
 
 
-def test_losses_and_gradient_with_fixed_discriminator(setup):
+@pytest.fixture(scope="module")
+def iterations(setup):
+  """The generator's side of the stored iterations, from one compiled program (XLA computes the
+  work they share once, so it compiles much faster than four programs):
+  'fixed_d': (gradients, metrics) with the initial D (gan_k 0: no D update);
+  'full': (new state, metrics) of one main train step, and 'full_gradients' its generator
+  gradients; 'warmup': (new state, metrics) of one warm-up step from step 0."""
   config, state, batch, vgg_params = setup
-  config = parity_config(gan_k=0)  # no D update: the adversarial term sees the initial D
-  case_c, case_d = load_case("c_losses.npz"), load_case("d_gradients.npz")
   _, d_tx = step.make_optimizers(config, 1)
-  grad_fn = jax.jit(step.make_d_update_and_g_gradients(config, d_tx, warmup=False))
-  grads, _, _, metrics = grad_fn(state, batch, vgg_params)
+  fixed_d = step.make_d_update_and_g_gradients(parity_config(gan_k=0), d_tx, warmup=False)
+  full = step.make_train_step(config, 1, warmup=False)
+  full_gradients = step.make_d_update_and_g_gradients(config, d_tx, warmup=False)
+  warmup = step.make_train_step(config, 1, warmup=True)
+
+  @jax.jit
+  def run(state, batch, vgg_params, epsilons):
+    g_grads, _, _, metrics = fixed_d(state, batch, vgg_params)
+    return {"fixed_d": (g_grads, metrics),
+            "full": full(state, batch, vgg_params, epsilons),
+            "full_gradients": full_gradients(state, batch, vgg_params, epsilons)[0],
+            "warmup": warmup(state.replace(step=jnp.zeros_like(state.step)), batch, vgg_params)}
+
+  return run(state, batch, vgg_params, jnp.asarray(EPSILONS))
+
+
+def test_losses_and_gradient_with_fixed_discriminator(iterations):
+  case_c, case_d = load_case("c_losses.npz"), load_case("d_gradients.npz")
+  grads, metrics = iterations["fixed_d"]
   for ours, theirs in (("rec", "rec_loss"), ("per", "per_loss"), ("tpl", "tpl_useS0_l2"),
                        ("total", "G_total_fixedD")):
     np.testing.assert_allclose(float(metrics[f"loss/{ours}"]), case_c[theirs], rtol=1e-5,
@@ -177,11 +198,10 @@ def _assert_adam_step(after, case, prefix, grad_prefix, grads_case):
     assert err <= 1e-6, f"{prefix}/{name}: {err:.3g}"
 
 
-def test_full_iteration_gradients_and_update(setup):
-  config, state, batch, vgg_params = setup
+def test_full_iteration_gradients_and_update(setup, iterations):
+  _, state, _, _ = setup
   case_d, case_e = load_case("d_gradients.npz"), load_case("e_optimizer_step.npz")
-  train_step = jax.jit(step.make_train_step(config, 1, warmup=False))
-  new_state, metrics = train_step(state, batch, vgg_params, jnp.asarray(EPSILONS))
+  new_state, metrics = iterations["full"]
   for name in ("rec", "per", "tpl", "adv"):
     rel = 2e-3 if name == "adv" else 1e-5
     np.testing.assert_allclose(float(metrics[f"loss/{name}"]),
@@ -198,20 +218,16 @@ def test_full_iteration_gradients_and_update(setup):
   assert int(new_state.step) == int(state.step) + 1
 
 
-def test_full_iteration_generator_gradient(setup):
-  config, state, batch, vgg_params = setup
-  _, d_tx = step.make_optimizers(config, 1)
-  grad_fn = jax.jit(step.make_d_update_and_g_gradients(config, d_tx, warmup=False))
-  grads, _, _, _ = grad_fn(state, batch, vgg_params, jnp.asarray(EPSILONS))
-  _assert_grads(grads, load_case("d_gradients.npz"), "grad_trainer", rel=1e-3)
+def test_full_iteration_generator_gradient(iterations):
+  _assert_grads(iterations["full_gradients"], load_case("d_gradients.npz"), "grad_trainer",
+                rel=1e-3)
 
 
-def test_warmup_iteration(setup):
-  config, state, batch, vgg_params = setup
+def test_warmup_iteration(setup, iterations):
+  _, state, _, _ = setup
   case_e = load_case("e_optimizer_step.npz")
-  state = state.replace(step=jnp.array(0, jnp.int32))
-  train_step = jax.jit(step.make_train_step(config, 1, warmup=True))
-  new_state, metrics = train_step(state, batch, vgg_params)
+  new_state, metrics = iterations["warmup"]
+  assert int(new_state.step) == 1
   np.testing.assert_allclose(float(metrics["loss/rec"]), case_e["init_step/rec_loss"], rtol=1e-5)
   assert set(k for k in metrics if k.startswith("loss/")) == {"loss/rec", "loss/rec_weighted",
                                                               "loss/total"}

@@ -133,13 +133,21 @@ def test_sigkill_and_sigterm_then_resume_match_the_uninterrupted_run(uninterrupt
 
 
 @pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path,
+                                                                   monkeypatch):
   ref_workdir, config, _ = uninterrupted
   workdir = tmp_path / "run"
   shutil.copytree(ref_workdir, workdir)
-  # A learning rate of 1e38 turns the parameters into overflowing values after one Adam step.
+  # A corrupt input: every batch of the resumed run is NaN, so the first step's losses are. The
+  # compiled steps stay those of the uninterrupted run (a changed hyperparameter would recompile).
+  real_iterator = train.train_batches.train_iterator
+
+  def nan_batches(*args, **kwargs):
+    for batch in real_iterator(*args, **kwargs):
+      yield {key: value * np.nan for key, value in batch.items()}
+
+  monkeypatch.setattr(train.train_batches, "train_iterator", nan_batches)
   config = config.copy_and_resolve_references()
-  config.optim.lr = 1e38
   config.num_epochs = 3
   with pytest.raises(train.NonFiniteLossError, match=r"step \d+: non-finite training metrics"):
     train.train_and_evaluate(config, workdir)
