@@ -21,7 +21,7 @@ from ttsr_jax import predict
 from ttsr_jax import step as step_lib
 from ttsr_jax.models.ttsr import TTSR
 from parity import load_case
-from tiny_configs import TINY
+from tiny_configs import TINY, random_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = dict(TINY, lte_reduce_lv3=False)
@@ -50,11 +50,7 @@ def _main(argv, capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_params():
-  # Random values of the right shapes: no init program to compile.
-  rng = np.random.default_rng(0)
-  shapes = checkpoint.abstract_generator_params(TINY)
-  return jax.tree_util.tree_map(
-      lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+  return random_params()
 
 
 @pytest.fixture(scope="module")

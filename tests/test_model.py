@@ -5,17 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tiny_configs import TINY, random_inputs
+from tiny_configs import TINY, random_inputs, random_params
 from ttsr_jax import convert
 from ttsr_jax.models.ttsr import TTSR
 
+
 @pytest.fixture(scope="module")
 def tiny_params():
-  inputs = random_inputs(1, (4, 4), (16, 16))
-  return jax.jit(TTSR(**TINY).init)(jax.random.key(0), *inputs)["params"]
+  return random_params()
 
 
-@pytest.mark.parametrize("lr_hw,ref_hw", [((5, 7), (12, 20)), ((6, 3), (28, 8))])
+SIZES = [((5, 7), (12, 20)), ((6, 3), (28, 8))]  # (lr_hw, ref_hw); each one compiles the model
+
+
+@pytest.mark.parametrize("lr_hw,ref_hw", SIZES)
 def test_any_lr_and_reference_size(tiny_params, lr_hw, ref_hw):
   out = jax.jit(TTSR(**TINY).apply)({"params": tiny_params}, *random_inputs(2, lr_hw, ref_hw))
   h, w = lr_hw
@@ -30,7 +33,7 @@ def test_any_lr_and_reference_size(tiny_params, lr_hw, ref_hw):
 
 
 def test_batch_items_are_independent(tiny_params):
-  inputs = random_inputs(2, (4, 5), (16, 12))
+  inputs = random_inputs(2, *SIZES[0])  # the batch of 2 compiled above
   apply = jax.jit(TTSR(**TINY).apply)
   both = apply({"params": tiny_params}, *inputs)
   second = apply({"params": tiny_params}, *[x[1:] for x in inputs])
@@ -51,7 +54,7 @@ def test_default_config_parameter_count():
 def test_reduced_lte_variant_feeds_64_channels():
   model = TTSR(**TINY, lte_reduce_lv3=True)
   inputs = random_inputs(1, (4, 4), (16, 16))
-  params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
+  params = random_params(dict(TINY, lte_reduce_lv3=True))
   assert params["LTE"]["reduce_lv3"]["kernel"].shape == (3, 3, 256, 64)
   assert params["MainNet"]["conv11_head"]["kernel"].shape == (3, 3, 64 + 8, 8)
   out = jax.jit(model.apply)({"params": params}, *inputs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tiny_configs
-from tiny_configs import TINY, random_inputs
+from tiny_configs import TINY, random_inputs, random_params
 from ttsr_jax import step as step_lib
 from ttsr_jax import train
 from ttsr_jax.models.ttsr import TTSR
@@ -16,8 +16,8 @@ from ttsr_jax.models.ttsr import TTSR
 @pytest.fixture(scope="module")
 def forwards():
   """Outputs of the same tiny TTSR under 'exact' and 'fast'."""
-  inputs = random_inputs(1, (4, 4), (16, 16))  # test_model.py's shapes: its compiled init is reused
-  params = jax.jit(TTSR(**TINY).init)(jax.random.key(0), *inputs)["params"]
+  inputs = random_inputs(1, (4, 4), (16, 16))
+  params = random_params()
   return {p: jax.jit(TTSR(**TINY, precision=p).apply)({"params": params}, *inputs)
           for p in ("exact", "fast")}
 

@@ -2,16 +2,14 @@
 the tile plan's invariants, and the explain images (`ttsr_jax.explain`) decode back to the
 model's S and index; captioned panels."""
 
-import jax
 import numpy as np
 import pytest
 
-from ttsr_jax import checkpoint
 from ttsr_jax import explain
 from ttsr_jax import predict
 from ttsr_jax import tiling
 from ttsr_jax.models.ttsr import TTSR
-from tiny_configs import TINY
+from tiny_configs import TINY, random_params
 
 # Two tiles per axis at the tiny model's exact halo (22 LR pixels): 64x60 LR in windows of at
 # most 56 (224 output pixels).
@@ -20,11 +18,7 @@ LR_HW, REF_HW, TILE = (64, 60), (40, 36), 224
 
 @pytest.fixture(scope="module")
 def model_and_params():
-  rng = np.random.default_rng(0)
-  shapes = checkpoint.abstract_generator_params(TINY)
-  params = jax.tree_util.tree_map(
-      lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-  return TTSR(**TINY), params
+  return TTSR(**TINY), random_params()
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,34 @@
-"""The smallest TTSR: its architecture, random model inputs, and a config with every loss on."""
+"""The smallest TTSR: its architecture, random parameters and model inputs, and a config with
+every loss on."""
+
+import math
 
 import jax
 import ml_collections
+import numpy as np
 
 from configs import default
+from ttsr_jax import checkpoint
 
 TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))  # TTSR(**TINY)
+
+
+def random_params(model_config: dict = TINY, seed: int = 0) -> dict:
+  """Generator parameters for TTSR(**model_config), drawn with NumPy at PyTorch's default scale
+  (U(-b, b), b = 1/sqrt(fan_in) of the layer): `TTSR.init` would compile a random-number program
+  for every parameter shape, which takes XLA:CPU longer than most tests."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    layer = jax.tree_util.keystr(path[:-1])
+    fan_in = fan_ins[layer]
+    return rng.uniform(-1, 1, leaf.shape).astype(np.float32) / math.sqrt(fan_in)
+
+  shapes = checkpoint.abstract_generator_params(model_config)
+  fan_ins = {jax.tree_util.keystr(path[:-1]): math.prod(leaf.shape[:-1])
+             for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+             if path[-1].key == "kernel"}
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def random_inputs(n: int, lr_hw: tuple[int, int], ref_hw: tuple[int, int], seed: int = 0) -> list:
