@@ -23,6 +23,7 @@ def test_split_and_merge_microbatches():
   np.testing.assert_array_equal(step.merge_microbatches(split), x)
 
 
+@pytest.mark.slow  # compiles two all-losses train steps, about a minute of XLA:CPU's time
 def test_microbatched_step_matches_whole_batch():
   """All losses and two D updates: sr, the D inputs, epsilons and hr must stay paired."""
   rng = np.random.RandomState(0)
