@@ -6,7 +6,6 @@ import json
 import pathlib
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,10 +17,9 @@ from data_pipeline import testsets
 from ttsr_jax import convert
 from ttsr_jax import eval_checkpoint
 from ttsr_jax import evaluate
-from ttsr_jax import checkpoint
 from ttsr_jax import metrics
 from ttsr_jax import report
-from tiny_configs import TINY
+from tiny_configs import random_params
 
 # Test images are not multiples of 4. Every reference, the LR images included, is 12 x 12, so
 # the end-to-end evaluation compiles the model for one input shape only.
@@ -168,10 +166,7 @@ def test_results_table_lists_each_set_and_protocol_with_bicubic():
 
 
 def test_command_evaluates_every_set_from_a_state_dict(root, tmp_path, capsys):
-  rng = np.random.default_rng(0)
-  params = jax.tree_util.tree_map(
-      lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32),
-      checkpoint.abstract_generator_params(TINY))
+  params = random_params()
   state_dict = tmp_path / "tiny.npz"
   np.savez(state_dict, **convert.export_state_dict(params))
   out = tmp_path / "out" / "results.json"
