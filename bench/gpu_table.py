@@ -13,7 +13,7 @@ state once) and the device's peak bytes in use so far (a running maximum over th
 `max` is the largest batch expected to fit: XLA's memory at the first two batches, extrapolated
 linearly to 90 % of the device memory, then lowered by a sixth after each out-of-memory error.
 
-Inference (in `--inference_precisions`, the eval search chunk 4096): `demo` is the shipped
+Inference (in `--inference_precisions`, the eval config's search chunk): `demo` is the shipped
 pair (output 500x352), `720p` the same photos at output 1280x720 with a 1280x720 reference,
 `cufed5` the demo LR with its reference five times on the 2500x500 canvas of CUFED5's
 five-reference protocol. First call (compilation included) and steady-state seconds, XLA's

@@ -1,6 +1,6 @@
 """Prints time and peak memory of TTSR inference (default model size, random weights).
 
-  python -m bench.search_memory [--cases demo,720p,cufed5,4k] [--chunk 4096] [--tile 768]
+  python -m bench.search_memory [--cases demo,720p,cufed5,4k] [--chunk 1024] [--tile 768]
                                 [--halo 16] [--cli]
 
 Cases: `demo` is the shipped pair of assets/demo (LR 125x88 -> output 500x352, reference
@@ -107,7 +107,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="demo,720p")
-  parser.add_argument("--chunk", type=int, default=4096, help="LR positions per relevance block")
+  parser.add_argument("--chunk", type=int, default=1024, help="LR positions per relevance block")
   parser.add_argument("--tile", type=int, default=768, help="tile side, output pixels; 0: none")
   parser.add_argument("--halo", type=int, default=16, help="LR pixels around each tile")
   parser.add_argument("--once", action="store_true", help="one call (no steady-state time)")

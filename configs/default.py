@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
       sizes="crop",
       num_images=0,  # first N test images of each protocol only; 0 = all
       num_image_grids=3,  # LR | reference | output | ground truth grids sent to TensorBoard
-      search_chunk_size=4096,  # bounds the search's memory on large test images; same results
+      search_chunk_size=1024,  # bounds the search's memory on large test images; same results
   ))
 
   # Multi-host: launch.py calls jax.distributed.initialize(coordinator_address, num_processes,

@@ -38,7 +38,8 @@ SCALE = predict.SCALE
 # A sanity cap on output and reference pixels (8K UHD). Tiling bounds the LR side's memory; the
 # reference is not tiled, so its features (about 1 GB per megapixel of reference) are held whole.
 DEFAULT_MAX_PIXELS = 7680 * 4320
-DEFAULT_SEARCH_CHUNK_SIZE = 4096
+# LR positions per relevance block (docs/benchmarks.md compares block sizes).
+DEFAULT_SEARCH_CHUNK_SIZE = 1024
 
 
 class InferError(Exception):
