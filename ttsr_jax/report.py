@@ -290,8 +290,10 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
               "row's height) | output | ground truth.", ""]
     for run in runs:
       if run.name in sample_paths:
-        directory, step = run.sample_checkpoint
-        lines += [f"### {run.name}", "", f"Checkpoint `{directory / str(step)}`.", ""]
+        _, step = run.sample_checkpoint
+        # The workdir as the user gave it (checkpoint.locate makes the path absolute for Orbax).
+        shown = run.workdir / checkpoint.CHECKPOINT_DIR / str(step)
+        lines += [f"### {run.name}", "", f"Checkpoint `{shown}`.", ""]
         lines += [f"{p.stem}: {_image(p, out)}" for p in sample_paths[run.name]] + [""]
 
   readme = out / "README.md"
