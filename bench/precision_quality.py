@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttsr_jax import convert, infer
+from ttsr_jax import convert, predict
 from ttsr_jax.models import precision as precision_lib
 from ttsr_jax.models.ttsr import TTSR
 
@@ -56,8 +56,8 @@ def measure(policy: str) -> list[dict]:
     agree = float(np.mean(np.asarray(out.index)[robust] == case["R_arg"][robust]))
     sr = np.asarray(out.sr, np.float32)
     want = _nhwc(case["sr"])
-    ours_u8 = infer.to_uint8(sr[0]).astype(np.float64)
-    want_u8 = infer.to_uint8(want[0]).astype(np.float64)
+    ours_u8 = predict.to_uint8(sr[0]).astype(np.float64)
+    want_u8 = predict.to_uint8(want[0]).astype(np.float64)
     mse = np.mean((ours_u8 - want_u8) ** 2)
     rows.append(dict(policy=policy, case=name.split("_")[0], sr_dtype=str(out.sr.dtype),
                      argmax_agreement=agree, sr_max_abs=float(np.abs(sr - want).max()),
