@@ -17,17 +17,17 @@ def random_params(model_config: dict = TINY, seed: int = 0) -> dict:
   """Generator parameters for TTSR(**model_config), drawn with NumPy at PyTorch's default scale
   (U(-b, b), b = 1/sqrt(fan_in) of the layer): `TTSR.init` would compile a random-number program
   for every parameter shape, which takes XLA:CPU longer than most tests."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    layer = jax.tree_util.keystr(path[:-1])
-    fan_in = fan_ins[layer]
-    return rng.uniform(-1, 1, leaf.shape).astype(np.float32) / math.sqrt(fan_in)
-
   shapes = checkpoint.abstract_generator_params(model_config)
+  # A bias shares its layer's (its kernel's) fan-in.
   fan_ins = {jax.tree_util.keystr(path[:-1]): math.prod(leaf.shape[:-1])
              for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
              if path[-1].key == "kernel"}
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    fan_in = fan_ins[jax.tree_util.keystr(path[:-1])]
+    return rng.uniform(-1, 1, leaf.shape).astype(np.float32) / math.sqrt(fan_in)
+
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
