@@ -1,4 +1,5 @@
-"""Chunked search equals the whole-matrix search; transfer equals unfold -> gather -> fold."""
+"""Chunked search equals the whole-matrix search; keys made in blocks of rows equal the keys made
+at once; transfer equals unfold -> gather -> fold."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 from parity import load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
-from ttsr_jax.models.search_transfer import search, transfer, unfold3x3
+from ttsr_jax.models.search_transfer import reference_keys, search, transfer, unfold3x3
 from ttsr_jax.models.ttsr import to_unit_range
 
 search_jit = jax.jit(search, static_argnums=2)
@@ -20,6 +21,16 @@ def _random_features(key, lr_hw, ref_hw, channels=32):
   lr = jax.nn.relu(jax.random.normal(k1, (2, *lr_hw, channels)))
   ref = jax.nn.relu(jax.random.normal(k2, (2, *ref_hw, channels)))
   return lr, ref
+
+
+def test_keys_made_in_blocks_of_rows_equal_the_keys_made_at_once():
+  _, ref = _random_features(jax.random.key(3), (4, 4), (13, 6))
+  keys = jax.jit(reference_keys, static_argnums=1)
+  whole = keys(ref, 0)
+  assert whole.shape == (2, 13, 6, 9 * 32)
+  # 1 row at a time, blocks that do not divide the 13 rows (the last one overlaps), one block.
+  for rows in (1, 5, 13):
+    np.testing.assert_array_equal(np.asarray(keys(ref, rows)), np.asarray(whole))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data_pipeline import samples
 from ttsr_jax import tiling
+from ttsr_jax.models.search_transfer import reference_keys
 from ttsr_jax.models.ttsr import ReferenceFeatures, TTSR
 
 SCALE = samples.SCALE
@@ -30,6 +31,9 @@ DEFAULT_TILE = 768
 # Default halo, in LR pixels: measured (docs/inference.md) to keep tiled outputs within one grey
 # level of the whole-image run; `tiling.exact_halo` gives the halo that makes them identical.
 DEFAULT_HALO = 16
+# Reference positions whose search keys are made at a time (about 75 MB of unfolded patches with
+# the paper's 256 lv3 channels).
+KEY_BLOCK_POSITIONS = 8192
 PANEL_GAP = 8  # white pixels between panels
 CAPTION_HEIGHT = 14  # white strip above each panel with its caption
 
@@ -76,6 +80,21 @@ def to_uint8(sr: np.ndarray) -> np.ndarray:
 # Parameters are arguments of the jitted functions, not constants baked into the program (which
 # XLA would fold slowly); each is compiled once per model and input shape.
 
+# XLA:CPU hands reductions to YNNPACK by default, which holds extra copies of large reduction
+# inputs (here the unfolded 3x3 patches the search normalises). Without them (dots and
+# convolutions stay on YNNPACK) a 1280x720 reference's features peak at 2.3 GB of RSS instead of
+# 3.1 GB, and a 768x768 tile at 2.7 GB instead of 3.7 GB, and run no slower (docs/benchmarks.md).
+# Only the tiled inference programs use this; training and evaluation keep XLA's defaults, and so
+# their figures.
+_LEAN_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+    f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION"))}
+
+
+def _jit_lean(fn: Callable, **jit_kwargs) -> Callable:
+  options = _LEAN_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+  return jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+
 @functools.cache
 def sr_function(model: TTSR):
   """jit of (params, lr, lrsr, ref, refsr) -> sr on normalised NHWC batches."""
@@ -84,9 +103,20 @@ def sr_function(model: TTSR):
 
 @functools.cache
 def reference_function(model: TTSR):
-  """jit of (params, ref, refsr) -> ReferenceFeatures on normalised NHWC batches."""
-  return jax.jit(lambda params, ref, refsr: model.apply(
-      {"params": params}, ref, refsr, method=TTSR.reference_features))
+  """(params, ref, refsr) -> ReferenceFeatures on normalised NHWC batches, as `TTSR.
+  reference_features` computes them, in two programs: the LTE's activations are freed before the
+  search keys (9 lv3 vectors per position, the largest part) are made, and those are made in
+  blocks of rows (`reference_keys`), so little more than the keys themselves is held."""
+  textures = _jit_lean(lambda params, ref, refsr: model.apply(
+      {"params": params}, ref, refsr, method=TTSR.reference_textures))
+  keys = _jit_lean(reference_keys, static_argnums=1)
+
+  def features(params: Params, ref: jax.Array, refsr: jax.Array) -> ReferenceFeatures:
+    refsr_lv3, ref_levels = textures(params, ref, refsr)
+    rows_per_block = max(1, KEY_BLOCK_POSITIONS // refsr_lv3.shape[2])
+    return ReferenceFeatures(keys(refsr_lv3, rows_per_block), *ref_levels)
+
+  return features
 
 
 @functools.cache
@@ -97,7 +127,7 @@ def tile_function(model: TTSR):
     out = model.apply({"params": params}, lr, lrsr, reference, method=TTSR.with_reference)
     return out.sr, out.S, out.index
 
-  return jax.jit(forward)
+  return _jit_lean(forward)
 
 
 def reference_features(model: TTSR, params: Params, ref: np.ndarray) -> ReferenceFeatures:

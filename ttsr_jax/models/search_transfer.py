@@ -64,13 +64,30 @@ def _relevance_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) ->
   return jax.lax.fori_loop(0, num_blocks, block, jnp.zeros((n, num_queries), jnp.int32))
 
 
-def reference_keys(refsr_lv3: jnp.ndarray) -> jnp.ndarray:
+def reference_keys(refsr_lv3: jnp.ndarray, rows_per_block: int = 0) -> jnp.ndarray:
   """(N, h, w, 9C) L2-normalised 3x3 patches of the reference's lv3 features: the search's keys.
 
   They depend on the reference alone, so tiled inference computes them once per reference.
+  `rows_per_block` > 0 unfolds and normalises that many rows of positions at a time, straight
+  into the output, so that at most one block's unfolded patches exist besides it (the keys are
+  9x the lv3 map); 0 does all rows at once.
   """
   n, h, w, c = refsr_lv3.shape
-  return l2_normalize(unfold3x3(refsr_lv3)).reshape(n, h, w, 9 * c)
+  if rows_per_block <= 0 or rows_per_block >= h:
+    return l2_normalize(unfold3x3(refsr_lv3)).reshape(n, h, w, 9 * c)
+  # A block's patches need one row of context on each side: zeros at the image's top and bottom
+  # (as unfold3x3 pads), the neighbouring rows elsewhere.
+  padded = jnp.pad(refsr_lv3, ((0, 0), (1, 1), (0, 0), (0, 0)))
+
+  def block(i, keys):
+    # As in _relevance_argmax, the last block starts early enough to end at the last row.
+    start = jnp.minimum(i * rows_per_block, h - rows_per_block)
+    rows = jax.lax.dynamic_slice_in_dim(padded, start, rows_per_block + 2, axis=1)
+    patches = l2_normalize(unfold3x3(rows)).reshape(n, rows_per_block + 2, w, 9 * c)
+    return jax.lax.dynamic_update_slice_in_dim(keys, patches[:, 1:-1], start, axis=1)
+
+  num_blocks = -(-h // rows_per_block)
+  return jax.lax.fori_loop(0, num_blocks, block, jnp.zeros((n, h, w, 9 * c), refsr_lv3.dtype))
 
 
 def search(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, chunk_size: int = 0,

@@ -80,9 +80,15 @@ class TTSR(nn.Module):
 
   def reference_features(self, ref: jnp.ndarray, refsr: jnp.ndarray) -> ReferenceFeatures:
     """The reference's part of the forward pass, computed once and reused for any LR image."""
+    refsr_lv3, ref_levels = self.reference_textures(ref, refsr)
+    return ReferenceFeatures(reference_keys(refsr_lv3), *ref_levels)
+
+  def reference_textures(self, ref: jnp.ndarray, refsr: jnp.ndarray
+                         ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]:
+    """The reference's LTE features: refsr's lv3 (what `reference_keys` unfolds) and ref's three
+    levels."""
     _, _, refsr_lv3 = self.texture_features(to_unit_range(refsr))
-    ref_lv1, ref_lv2, ref_lv3 = self.texture_features(to_unit_range(ref))
-    return ReferenceFeatures(reference_keys(refsr_lv3), ref_lv1, ref_lv2, ref_lv3)
+    return refsr_lv3, self.texture_features(to_unit_range(ref))
 
   def with_reference(self, lr, lrsr, reference: ReferenceFeatures,
                      index: Optional[jnp.ndarray] = None) -> TTSROutput:
