@@ -38,6 +38,19 @@ def l2_normalize(v: jnp.ndarray) -> jnp.ndarray:
   return v / jnp.sqrt(jnp.maximum(sumsq, _NORM_EPS * _NORM_EPS))
 
 
+def _fill_in_blocks(compute, out: jnp.ndarray, block: int) -> jnp.ndarray:
+  """`out` with its axis 1 filled block by block: `compute(start)` gives the `block` rows that
+  start at `start`. The last block starts early enough to end at the last row; the rows it
+  shares with the block before get the same values again."""
+  size = out.shape[1]
+
+  def body(i, out):
+    start = jnp.minimum(i * block, size - block)
+    return jax.lax.dynamic_update_slice_in_dim(out, compute(start), start, axis=1)
+
+  return jax.lax.fori_loop(0, -(-size // block), body, out)
+
+
 def _relevance_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
   """argmax_j <keys[j], query[i]> for each i, over blocks of `chunk_size` queries.
 
@@ -51,17 +64,10 @@ def _relevance_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) ->
   n, num_queries, _ = query.shape
   if chunk_size <= 0 or chunk_size >= num_queries:
     return block_argmax(query)
-
-  def block(i, index):
-    # Slices of the query array itself (no padded or reordered copy of it). The last block
-    # starts early enough to end at the last query; the rows it shares with the block before
-    # get the same values again.
-    start = jnp.minimum(i * chunk_size, num_queries - chunk_size)
-    queries = jax.lax.dynamic_slice_in_dim(query, start, chunk_size, axis=1)
-    return jax.lax.dynamic_update_slice_in_dim(index, block_argmax(queries), start, axis=1)
-
-  num_blocks = -(-num_queries // chunk_size)
-  return jax.lax.fori_loop(0, num_blocks, block, jnp.zeros((n, num_queries), jnp.int32))
+  # Slices of the query array itself (no padded or reordered copy of it).
+  return _fill_in_blocks(
+      lambda start: block_argmax(jax.lax.dynamic_slice_in_dim(query, start, chunk_size, axis=1)),
+      jnp.zeros((n, num_queries), jnp.int32), chunk_size)
 
 
 def reference_keys(refsr_lv3: jnp.ndarray, rows_per_block: int = 0) -> jnp.ndarray:
@@ -79,15 +85,12 @@ def reference_keys(refsr_lv3: jnp.ndarray, rows_per_block: int = 0) -> jnp.ndarr
   # (as unfold3x3 pads), the neighbouring rows elsewhere.
   padded = jnp.pad(refsr_lv3, ((0, 0), (1, 1), (0, 0), (0, 0)))
 
-  def block(i, keys):
-    # As in _relevance_argmax, the last block starts early enough to end at the last row.
-    start = jnp.minimum(i * rows_per_block, h - rows_per_block)
+  def block_keys(start):
     rows = jax.lax.dynamic_slice_in_dim(padded, start, rows_per_block + 2, axis=1)
     patches = l2_normalize(unfold3x3(rows)).reshape(n, rows_per_block + 2, w, 9 * c)
-    return jax.lax.dynamic_update_slice_in_dim(keys, patches[:, 1:-1], start, axis=1)
+    return patches[:, 1:-1]
 
-  num_blocks = -(-h // rows_per_block)
-  return jax.lax.fori_loop(0, num_blocks, block, jnp.zeros((n, h, w, 9 * c), refsr_lv3.dtype))
+  return _fill_in_blocks(block_keys, jnp.zeros((n, h, w, 9 * c), refsr_lv3.dtype), rows_per_block)
 
 
 def search(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, chunk_size: int = 0,
