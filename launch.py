@@ -53,7 +53,7 @@ def _warn_if_cpu_only(config) -> None:
     return
   reasons = []
   if config.model.precision != "exact":
-    reasons.append(f"model.precision={config.model.precision!r} (bfloat16 is slow on CPUs)")
+    reasons.append(f"model.precision={config.model.precision!r} (no faster on CPUs)")
   if config.model.n_feats >= 64:
     reasons.append("the paper-sized model")
   if reasons:

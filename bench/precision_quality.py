@@ -5,7 +5,7 @@
 For tests/golden cases a and b (the reference's weights, random but fixed), with the search's own
 argmax: the share of non-fragile positions whose argmax matches the reference's, max |sr - sr_ref|
 on [-1, 1] outputs, and the saved uint8 image against the reference's (max difference in levels,
-PSNR over RGB). Runs on any backend; bfloat16 is slow on XLA:CPU but these images are small.
+PSNR over RGB). Runs on any backend; the images are small enough for a CPU.
 `--check` exits with status 1 when a policy exceeds its TOLERANCES (docs/training.md).
 """
 
