@@ -23,6 +23,7 @@ from tiny_runs import STEPS_PER_EPOCH
 from ttsr_jax import plots
 from ttsr_jax import predict
 from ttsr_jax import report
+from ttsr_jax import runs as runs_lib
 from ttsr_jax import train
 
 NUM_SAMPLES = 2  # the tiny dataset's CUFED5 has two images
@@ -200,6 +201,22 @@ def test_samples_come_from_the_best_checkpoint(runs, written):
     assert tensorboard.shape == grids[image_name].shape
     np.testing.assert_array_equal(tensorboard[:, width:], grids[image_name][:, width:])
     assert not np.array_equal(tensorboard[:, :width], grids[image_name][:, :width])
+
+
+@pytest.mark.slow  # reads two tiny training runs
+def test_samples_of_a_run_stored_before_the_precision_policy(runs, written, tmp_path):
+  # Workdirs written before `model.precision` existed stored `model.dtype` instead; their samples
+  # use today's default policy, 'exact', which is what this run trained with.
+  out, _ = written
+  run = runs_lib.load_run(runs["rec_only"][0], "rec_only")
+  assert run.config["model"].pop("precision") == "exact"
+  run.config["model"]["dtype"] = "float32"
+  assert report.sampling_config(run.config).model.precision == "exact"
+  paths = report.render_samples(run, tmp_path, 1)
+  assert len(paths) == 1
+  np.testing.assert_array_equal(np.asarray(Image.open(paths[0])),
+                                np.asarray(Image.open(out / "samples" / "rec_only" /
+                                                      paths[0].name)))
 
 
 @pytest.mark.slow  # reads two tiny training runs

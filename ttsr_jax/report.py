@@ -28,11 +28,13 @@ from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from absl import logging as absl_logging
+from flax import traverse_util
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
+from configs import default
 from data_pipeline import cufed5
 from data_pipeline import files
 from data_pipeline import samples
@@ -62,6 +64,18 @@ class ReportError(Exception):
   """Nothing could be reported; printed as one line."""
 
 
+def sampling_config(stored: dict[str, Any]) -> ml_collections.ConfigDict:
+  """configs/default.py with a run's stored config values: a run written before a field existed
+  (such as `model.precision`) gets the field's default, and a field since removed (such as the
+  old `model.dtype`) is ignored, so that older workdirs still give samples."""
+  config = default.get_config()
+  known = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  config.update_from_flattened_dict({
+      key: tuple(value) if isinstance(known[key], tuple) else value
+      for key, value in traverse_util.flatten_dict(stored, sep=".").items() if key in known})
+  return config
+
+
 def render_samples(run: Run, out_dir: PathLike, num_samples: int,
                    cufed_dir: Optional[PathLike] = None) -> list[pathlib.Path]:
   """Writes a grid per CUFED5 test image for the run's best checkpoint; returns the PNG paths.
@@ -74,7 +88,7 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
     files.DatasetError: no CUFED5 test set under `cufed_dir` (default: the run's config).
   """
   directory, step = run.sample_checkpoint
-  config = ml_collections.ConfigDict(run.config)
+  config = sampling_config(run.config)
   params, _ = checkpoint.load_generator(directory / str(step))
   params = jax.device_put(params)
   # The evaluation's model: the run's precision, and the search chunked for large test images.
