@@ -11,6 +11,11 @@
 #
 #   bash bench/gpu.sh                  (from the checkout, with JAX's CUDA backend installed)
 #   SMOKE=1 bash bench/gpu.sh          (the same steps with a tiny model, to check it on a CPU)
+#
+# XLA's GPU options switched one at a time against its defaults (autotuning, command buffers,
+# latency-hiding scheduler), all in one process, as a second call after this one:
+#   python -m bench.gpu_table --precisions fast --batches 32 --cases '' --xla_variants \
+#     'xla_gpu_autotune_level=0;xla_gpu_enable_command_buffer=;xla_gpu_enable_latency_hiding_scheduler=false'
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -2,6 +2,7 @@
 
   python -m bench.gpu_table [--precisions exact,fast] [--batches 6,32,max] [--steps 5]
                             [--cases demo,720p,cufed5] [--inference_precisions exact] [--smoke]
+                            [--xla_variants 'OPTION=VALUE;...']
 
 Training: the paper model (64 ch, 16+16+8+4) with all four losses and GAN_k 2 on 160x160
 patches, random weights and inputs. For every (precision, batch): compile, one warm-up step,
@@ -12,6 +13,10 @@ LTE and search stay float32); XLA's compiled memory (arguments + outputs + tempo
 state once) and the device's peak bytes in use so far (a running maximum over the process).
 `max` is the largest batch expected to fit: XLA's memory at the first two batches, extrapolated
 linearly to 90 % of the device memory, then lowered by a sixth after each out-of-memory error.
+`--xla_variants` adds, at each listed batch, one row per XLA option compiled into that step alone
+(`Lowered.compile(compiler_options=...)`, so every variant runs in this one process), e.g.
+`--xla_variants 'xla_gpu_autotune_level=0;xla_gpu_enable_command_buffer=;
+xla_gpu_enable_latency_hiding_scheduler=false'` against the row with XLA's defaults.
 
 Inference (in `--inference_precisions`, the eval config's search chunk): `demo` is the shipped
 pair (output 500x352), `720p` the same photos at output 1280x720 with a 1280x720 reference,
@@ -25,7 +30,7 @@ batches, to check the script on a CPU.
 
 import argparse
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -93,15 +98,19 @@ class TrainBench:
     return jax.device_put(dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref),
                           sharding.batch_sharding(self.mesh))
 
-  def run(self, batch: int, steps: int) -> dict:
+  def run(self, batch: int, steps: int, xla_option: Optional[tuple[str, Any]] = None) -> dict:
+    """`xla_option`: (name, value) of an XLA option compiled into this step only."""
     config = _config(self.precision, batch, self.smoke)
     data = self._batch(batch, config)
     train_step = sharding.jit_train_step(step.make_train_step(config, 1000, warmup=False),
                                          self.mesh)
     t = time.perf_counter()
-    compiled = train_step.lower(self.state, data, self.vgg).compile()
+    compiled = train_step.lower(self.state, data, self.vgg).compile(
+        dict([xla_option]) if xla_option else None)
     compile_s = time.perf_counter() - t
-    self.memory[batch] = _xla_bytes(compiled)
+    xla_bytes = _xla_bytes(compiled)
+    if xla_option is None:
+      self.memory[batch] = xla_bytes
     cost = compiled.cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost).get("flops", 0.0)
     state = jax.tree_util.tree_map(lambda x: x.copy(), self.state)  # the step donates it
@@ -121,7 +130,8 @@ class TrainBench:
     return dict(precision=self.precision, batch=batch, compile_s=compile_s, step_s=step_s,
                 samples_per_s=batch / step_s, tflops=tflops,
                 peak_pct=100 * tflops / peak if peak else float("nan"),
-                xla_gb=self.memory[batch] / 1e9, device_peak_gb=_device_peak_gb())
+                xla_gb=xla_bytes / 1e9, device_peak_gb=_device_peak_gb(),
+                xla=f"{xla_option[0]}={xla_option[1]}" if xla_option else "defaults")
 
   def largest_batch(self, limit: Optional[float]) -> Optional[int]:
     """The batch XLA's memory at two measured batches extrapolates to 90 % of `limit` bytes."""
@@ -164,6 +174,14 @@ def run_inference(precision: str, case: str, smoke: bool) -> dict:
               second_s=times[1], xla_gb=xla_gb, device_peak_gb=_device_peak_gb())
 
 
+def _xla_option(text: str) -> tuple[str, Any]:
+  """'name=value' -> (name, value) as XLA's options want it: true/false as bool, digits as int."""
+  name, value = text.strip().split("=", 1)  # ValueError without '='
+  if value.lower() in ("true", "false"):
+    return name, value.lower() == "true"
+  return name, int(value) if value.lstrip("-").isdigit() else value
+
+
 def _is_out_of_memory(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
 
@@ -180,10 +198,17 @@ def main() -> None:
   parser.add_argument("--inference_precisions", default="exact",
                       help="policies to run the inference cases in")
   parser.add_argument("--smoke", action="store_true", help="a tiny model, to check the script")
+  parser.add_argument("--xla_variants", default="",
+                      help="';'-separated OPTION=VALUE XLA options, each measured alone at "
+                           "every listed batch (VALUE may be empty)")
   parser.add_argument("--memory_limit_gb", type=float,
                       help="device memory for 'max' (default: the device's own limit; CPUs "
                            "report none)")
   args = parser.parse_args()
+  try:
+    xla_variants = [_xla_option(v) for v in args.xla_variants.split(";") if v.strip()]
+  except ValueError:
+    parser.error(f"--xla_variants {args.xla_variants!r}: expected OPTION=VALUE;OPTION=VALUE...")
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}"
         f"{', SMOKE (tiny model)' if args.smoke else ''}", flush=True)
@@ -192,17 +217,20 @@ def main() -> None:
   benches = {p: TrainBench(p, args.smoke) for p in precisions}
 
   print(f"{'precision':9} {'batch':>5} {'step s':>8} {'samples/s':>9} {'TFLOP/s':>8} "
-        f"{'% peak':>6} {'XLA GB':>7} {'dev peak GB':>11} {'compile s':>9}", flush=True)
+        f"{'% peak':>6} {'XLA GB':>7} {'dev peak GB':>11} {'compile s':>9}  XLA options",
+        flush=True)
 
-  def train_row(precision: str, batch: int) -> None:
-    r = benches[precision].run(batch, args.steps)
+  def train_row(precision: str, batch: int, xla_option=None) -> None:
+    r = benches[precision].run(batch, args.steps, xla_option)
     print(f"{r['precision']:9} {r['batch']:>5} {r['step_s']:>8.3f} {r['samples_per_s']:>9.1f} "
           f"{r['tflops']:>8.2f} {r['peak_pct']:>6.1f} {r['xla_gb']:>7.2f} "
-          f"{r['device_peak_gb']:>11.2f} {r['compile_s']:>9.1f}", flush=True)
+          f"{r['device_peak_gb']:>11.2f} {r['compile_s']:>9.1f}  {r['xla']}", flush=True)
 
   for batch in (b for b in batches if b != "max"):
     for precision in precisions:
       train_row(precision, int(batch))
+      for xla_option in xla_variants:
+        train_row(precision, int(batch), xla_option)
 
   if args.cases:
     print(f"\n{'precision':9} {'case':7} {'output':>10} {'reference':>10} {'first s':>8} "
