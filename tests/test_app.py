@@ -66,7 +66,7 @@ def test_page_outputs(engine, tmp_path):
   np.testing.assert_array_equal(np.asarray(Image.open(outputs["download"])), sr)
   assert pathlib.Path(outputs["download"]).name == "0_x4.png"
   height, width = result.lr.shape[:2]
-  assert f"LR {width}x{height} -> output {4 * width}x{4 * height}" in outputs["status"]
+  assert f"LR {height}x{width} -> output {4 * height}x{4 * width}" in outputs["status"]
 
 
 def test_downscaled_photo_is_scored(engine, demo_result, tmp_path):
@@ -133,7 +133,7 @@ def test_explorer_clips_the_patch_at_the_reference_corner():
     ("empty", "image: empty.png: unreadable or truncated image"),
     ("text", "image: notes.txt: unreadable or truncated image"),
     ("small_ref", "reference: small.png: image is 8x8, expected at least 12x12"),
-    ("too_large", "image: LR of 88x125 gives a 352x500 output (176,000 pixels), above "
+    ("too_large", "image: LR of 125x88 gives a 500x352 output (176,000 pixels), above "
                   "--max_pixels 100,000"),
     ("no_image", "no image: upload a low-resolution image"),
     ("no_reference", "no reference: upload one or several reference photos"),
