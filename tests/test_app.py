@@ -97,32 +97,42 @@ def _known_result(index_value: int, grid_hw=(5, 6)) -> app.Result:
   return app.Result(lr, np.zeros((12, 16, 3), np.uint8), ref, prediction, 0.0, None, {}, [])
 
 
-def _red(image: np.ndarray) -> np.ndarray:
-  return np.all(image == app.MARK_COLOUR, axis=-1)
+def _coloured(image: np.ndarray, colour) -> np.ndarray:
+  return np.all(image == colour, axis=-1)
 
 
 def test_explorer_highlights_the_used_patch():
   # Index 8 of a 5x6 grid is lv3 row 1, column 2: its 3x3 patch covers rows 0-2, columns 1-3,
   # i.e. reference pixels y 0-11, x 4-15.
   result = _known_result(8)
-  lr_marked, ref_marked, text = app.explore(result, x=9, y=6)  # LR pixel (2, 1)
+  sr_marked, lr_marked, ref_marked, text = app.explore(result, x=9, y=6)  # LR pixel (2, 1)
   assert app.reference_box(result, 1, 2) == (0, 4, 12, 16)
-  inside = (slice(2, 10), slice(6, 14))  # clear of the 2-pixel outline drawn just outside
-  np.testing.assert_array_equal(ref_marked[inside], result.ref[inside])
-  outside = ref_marked[14:, :]  # rows below the box and its outline
-  np.testing.assert_array_equal(outside, np.round(result.ref[14:, :] * app.DIM).astype(np.uint8))
-  assert _red(ref_marked[12:14, 4:16]).all() and _red(ref_marked[0:12, 16:18]).all()
-  assert not _red(ref_marked[0:12, 20:]).any()
-  # The LR pixel (2, 1) is the 4x4 block at rows 4-7, columns 8-11 of the x4 view, outlined.
+  np.testing.assert_array_equal(ref_marked[0:12, 4:16], result.ref[0:12, 4:16])
+  # The 2-pixel outline just outside the patch, clipped at the top.
+  red = _coloured(ref_marked, app.MARK_COLOUR)
+  assert red[12:14, 2:18].all() and red[0:12, 2:4].all() and red[0:12, 16:18].all()
+  assert red.sum() == 2 * 16 + 2 * 2 * 12
+  # Elsewhere the reference is dimmed, except under the ring around the patch.
+  ring = _coloured(ref_marked, app.RING_COLOUR)
+  assert ring.any()
+  elsewhere = ~red & ~ring
+  elsewhere[0:12, 4:16] = False
+  np.testing.assert_array_equal(ref_marked[elsewhere],
+                                np.round(result.ref[elsewhere] * app.DIM).astype(np.uint8))
+  # The LR pixel (2, 1) is the 4x4 block at rows 4-7, columns 8-11 of the output and of the x4
+  # LR view, outlined.
   np.testing.assert_array_equal(lr_marked[4:8, 8:12], np.broadcast_to(result.lr[1, 2], (4, 4, 3)))
-  assert _red(lr_marked[1:4, 5:15]).all() and not _red(lr_marked[4:8, 8:12]).any()
+  for marked in (sr_marked, lr_marked):
+    red = _coloured(marked, app.MARK_COLOUR)
+    assert red[2:4, 6:14].all() and red[8:10, 6:14].all() and not red[4:8, 8:12].any()
+    assert red.sum() == 2 * (2 * 8 + 2 * 4)
   assert "LR pixel (2, 1)" in text and "x 4-15, y 0-11" in text
   assert f"S = {result.prediction.s[1, 2]:.3f}" in text
 
 
 def test_explorer_clips_the_patch_at_the_reference_corner():
   result = _known_result(29)  # the last position of the 5x6 grid: row 4, column 5
-  _, ref_marked, text = app.explore(result, x=0, y=0)
+  _, _, ref_marked, text = app.explore(result, x=0, y=0)
   assert app.reference_box(result, 0, 0) == (12, 16, 20, 24)
   np.testing.assert_array_equal(ref_marked[12:, 16:], result.ref[12:, 16:])
   assert "x 16-23, y 12-19" in text

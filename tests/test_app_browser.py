@@ -60,9 +60,17 @@ def _fetch(page, src: str) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
 
 
+def _upload(page, element: str, path: pathlib.Path) -> None:
+  """Replaces the file of an upload box and waits for the upload to finish."""
+  clear = page.locator(f"#{element} button[aria-label=Clear]")
+  if clear.count():
+    clear.click()
+  page.locator(f"#{element} input[type=file]").set_input_files(str(path))
+  page.locator(f'#{element} td.filename[aria-label="{path.name}"]').wait_for()
+
+
 def _run(page, image: pathlib.Path) -> None:
-  page.locator("#image input[type=file]").set_input_files(str(image))
-  page.locator("#image").get_by_text(image.name).wait_for()  # uploaded
+  _upload(page, "image", image)
   page.click("#run")
 
 
@@ -105,8 +113,7 @@ def test_app_in_a_browser(server, tmp_path):
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.goto(server)
-    page.locator("#refs input[type=file]").set_input_files(str(DEMO_REF))
-    page.locator("#refs").get_by_text(DEMO_REF.name).wait_for()
+    _upload(page, "refs", DEMO_REF)
     _run(page, DEMO_LR)
     page.wait_for_selector("#output img", timeout=REQUEST_TIMEOUT_MS)
     lr_h, lr_w = Image.open(DEMO_LR).size[::-1]

@@ -40,9 +40,15 @@ SCALE = predict.SCALE
 # Uploads larger than this are refused by the server before any decoding.
 MAX_UPLOAD = "50mb"
 MAX_PICK = 5
+# The authors' demo pair (LR, reference), offered as the page's example.
+DEMO_PAIR = tuple(demo_model.CHECKPOINT.parents[1] / "demo" / kind / "0.png"
+                  for kind in ("lr", "ref"))
 IMAGE_HEIGHT = 420  # display height of the page's images, in CSS pixels
-# The explorer's marks: a red outline, and the rest of the reference dimmed to this brightness.
+# The explorer's marks: a red outline, a yellow ring around it (radius at least RING_MIN_RADIUS
+# pixels), and the rest of the reference dimmed to DIM of its brightness.
 MARK_COLOUR = (255, 0, 0)
+RING_COLOUR = (255, 255, 0)
+RING_MIN_RADIUS = 16
 DIM = 0.35
 
 
@@ -208,23 +214,37 @@ def _outline(image: np.ndarray, box: tuple[int, int, int, int], width: int) -> n
   return np.asarray(marked)
 
 
-def explore(result: Result, x: int, y: int) -> tuple[np.ndarray, np.ndarray, str]:
-  """What the output pixel (x, y) (column, row) was made from: the LR image (x4, nearest) with
-  that LR position outlined, the reference dimmed except the patch whose texture was used there
-  (outlined), and a line saying so with the confidence S there."""
+def _ring(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+  """A copy of `image` with a RING_COLOUR circle around (t, l, b, r), large enough to find the
+  small box on a large image."""
+  top, left, bottom, right = box
+  radius = max(RING_MIN_RADIUS, max(image.shape[:2]) // 20)
+  y, x = (top + bottom) / 2, (left + right) / 2
+  marked = Image.fromarray(image)
+  ImageDraw.Draw(marked).ellipse((x - radius, y - radius, x + radius, y + radius),
+                                 outline=RING_COLOUR, width=2)
+  return np.asarray(marked)
+
+
+def explore(result: Result, x: int, y: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+  """What the output pixel (x, y) (column, row) was made from: the output with that pixel's LR
+  position outlined; the LR image (x4, nearest) with that position outlined; the reference dimmed
+  except the patch whose texture was used there, outlined; and a line saying so with the
+  confidence S there. A ring around each outline helps to find it."""
   lr_h, lr_w = result.prediction.index.shape
   lr_x, lr_y = min(max(x // SCALE, 0), lr_w - 1), min(max(y // SCALE, 0), lr_h - 1)
-  lr_marked = _outline(nearest_x4(result.lr), (SCALE * lr_y, SCALE * lr_x, SCALE * (lr_y + 1),
-                                SCALE * (lr_x + 1)), width=3)
-  top, left, bottom, right = reference_box(result, lr_y, lr_x)
+  lr_box = (SCALE * lr_y, SCALE * lr_x, SCALE * (lr_y + 1), SCALE * (lr_x + 1))
+  sr_marked = _ring(_outline(result.prediction.sr, lr_box, width=2), lr_box)
+  lr_marked = _ring(_outline(nearest_x4(result.lr), lr_box, width=2), lr_box)
+  ref_box = top, left, bottom, right = reference_box(result, lr_y, lr_x)
   dimmed = np.round(result.ref * DIM).astype(np.uint8)
   dimmed[top:bottom, left:right] = result.ref[top:bottom, left:right]
-  ref_marked = _outline(dimmed, (top, left, bottom, right), width=2)
+  ref_marked = _ring(_outline(dimmed, ref_box, width=2), ref_box)
   confidence = float(result.prediction.s[lr_y, lr_x])
   text = (f"output ({x}, {y}) comes from LR pixel ({lr_x}, {lr_y}); its texture was taken from "
           f"reference pixels x {left}-{right - 1}, y {top}-{bottom - 1} "
           f"(confidence S = {confidence:.3f})")
-  return lr_marked, ref_marked, text
+  return sr_marked, lr_marked, ref_marked, text
 
 
 def summary(result: Result) -> str:
@@ -291,7 +311,9 @@ def build_page(engine: Engine) -> gr.Blocks:
   """The Gradio page over `engine`; call `.queue()` and `.launch()` on it."""
   with gr.Blocks(title="TTSR super-resolution") as page:
     gr.Markdown("# TTSR: reference-based x4 super-resolution\n\n"
-                f"Model: {engine.description}.")
+                "Upload an image and a reference photo of similar content (or pick the example "
+                "below), then *Super-resolve*; click the output to see where its textures came "
+                f"from. Model: {engine.description}.")
     last = gr.State(None)
     with gr.Row():
       with gr.Column(scale=1):
@@ -301,13 +323,16 @@ def build_page(engine: Engine) -> gr.Blocks:
                                 "are shown)", elem_id="downscale")
         refs = gr.File(label="Reference photo(s): several are stitched into one",
                        file_count="multiple", elem_id="refs")
-        pool_note = (f" (else the server's pool of {len(engine.pool.paths)} photos)"
+        pool_note = (f" (else the server's {len(engine.pool.paths)} photos)"
                      if engine.pool is not None else "")
-        pool = gr.File(label="...or a pool of candidates to pick from" + pool_note,
-                       file_count="multiple", elem_id="pool")
-        pick = gr.Slider(1, MAX_PICK, value=1, step=1, label="references picked from the pool",
-                         elem_id="pick")
+        with gr.Accordion("No reference? Pick from a pool" + pool_note,
+                          open=engine.pool is not None):
+          pool = gr.File(label="candidate photos", file_count="multiple", elem_id="pool")
+          pick = gr.Slider(1, MAX_PICK, value=1, step=1, label="how many to pick (most relevant "
+                           "first, stitched)", elem_id="pick")
         run = gr.Button("Super-resolve", variant="primary", elem_id="run")
+        gr.Examples([[str(DEMO_PAIR[0]), False, [str(DEMO_PAIR[1])]]], [image, downscale, refs],
+                    label="Example: the authors' demo pair")
         status = gr.Markdown(elem_id="status")
         download = gr.File(label="Download the PNG", elem_id="download")
       with gr.Column(scale=2):
@@ -336,14 +361,14 @@ def build_page(engine: Engine) -> gr.Blocks:
 
     def on_select(result: Optional[Result], event: gr.SelectData):
       if result is None:
-        return None, None, ""
+        return None, None, None, ""
       x, y = event.index
       return explore(result, int(x), int(y))
 
     run.click(on_run, [image, downscale, refs, pool, pick],
               [last, status, download, slider, output, explanation, lr_view, ref_view,
                confidence])
-    output.select(on_select, [last], [lr_view, ref_view, explanation])
+    output.select(on_select, [last], [output, lr_view, ref_view, explanation])
   return page
 
 
