@@ -52,8 +52,9 @@ def test_demo_pair_matches_predict(engine, demo_result):
   assert demo_result.scores == {} and demo_result.picked == [] and demo_result.original is None
 
 
-def test_page_outputs(engine, tmp_path):
-  outputs = dict(zip(app.RUN_OUTPUTS, app.handle_run(engine, str(DEMO_LR), False,
+def test_page_outputs(engine, demo_result, tmp_path):
+  compiled = predict.tile_function(engine.model)._cache_size()
+  outputs = dict(zip(app.RUN_OUTPUTS, app.handle_run(engine, tmp_path, str(DEMO_LR), False,
                                                      [str(DEMO_REF)], None, 1)))
   result = outputs["last"]
   sr = result.prediction.sr
@@ -65,8 +66,16 @@ def test_page_outputs(engine, tmp_path):
                                 explain.confidence_image(result.prediction.s))
   np.testing.assert_array_equal(np.asarray(Image.open(outputs["download"])), sr)
   assert pathlib.Path(outputs["download"]).name == "0_x4.png"
+  assert pathlib.Path(outputs["download"]).parent.parent == tmp_path
   height, width = result.lr.shape[:2]
   assert f"LR {height}x{width} -> output {4 * height}x{4 * width}" in outputs["status"]
+  # A second request of the demo pair's sizes reused the programs the first one compiled.
+  np.testing.assert_array_equal(sr, demo_result.prediction.sr)
+  assert predict.tile_function(engine.model)._cache_size() == compiled
+
+
+def test_server_listens_on_this_machine_only_by_default():
+  assert app._parser().parse_args([]).host == "127.0.0.1"
 
 
 def test_downscaled_photo_is_scored(engine, demo_result, tmp_path):
@@ -169,17 +178,17 @@ def test_bad_input_gives_one_line(engine, tmp_path, kind, expected):
     refs = []
   with pytest.raises(app.AppError, match="^" + re.escape(expected)):
     app.super_resolve_request(limited, image and str(image), False, refs)
-  outputs = dict(zip(app.RUN_OUTPUTS, app.handle_run(limited, image and str(image), False, refs,
-                                                     None, 1)))
+  outputs = dict(zip(app.RUN_OUTPUTS, app.handle_run(limited, tmp_path, image and str(image), False,
+                                                     refs, None, 1)))
   assert outputs["status"].startswith("**Error:** " + expected)
   assert "\n" not in outputs["status"] and str(tmp_path) not in outputs["status"]
   assert all(outputs[k] is None for k in ("last", "slider", "output", "download"))
 
 
-def test_unexpected_failure_is_one_line(engine, capsys):
+def test_unexpected_failure_is_one_line(engine, tmp_path, capsys):
   broken = dataclasses.replace(engine, params={})
-  status = dict(zip(app.RUN_OUTPUTS, app.handle_run(broken, str(DEMO_LR), False, [str(DEMO_REF)],
-                                                    None, 1)))["status"]
+  status = dict(zip(app.RUN_OUTPUTS, app.handle_run(broken, tmp_path, str(DEMO_LR), False,
+                                                    [str(DEMO_REF)], None, 1)))["status"]
   assert status.startswith("**Error:** the request failed (") and "\n" not in status
   assert "Traceback" in capsys.readouterr().err  # the server's log has the details
 

@@ -263,8 +263,9 @@ def summary(result: Result) -> str:
   return "\n\n".join(lines)
 
 
-def _save_png(image: np.ndarray, name: str) -> str:
-  path = pathlib.Path(tempfile.mkdtemp(prefix="ttsr_app_")) / name
+def _save_png(image: np.ndarray, directory: pathlib.Path, name: str) -> str:
+  """Writes `name` in a new folder of `directory`, so requests never overwrite each other."""
+  path = pathlib.Path(tempfile.mkdtemp(dir=directory)) / name
   Image.fromarray(image).save(path, format="PNG")
   return str(path)
 
@@ -288,11 +289,12 @@ RUN_OUTPUTS = ("last", "status", "download", "slider", "output", "explanation", 
                "ref_view", "confidence")
 
 
-def handle_run(engine: Engine, image_value: Any, downscale: bool, refs_value: Any,
-               pool_value: Any, pick: float, progress: Optional[predict.Progress] = None
-               ) -> tuple:
+def handle_run(engine: Engine, downloads: pathlib.Path, image_value: Any, downscale: bool,
+               refs_value: Any, pool_value: Any, pick: float,
+               progress: Optional[predict.Progress] = None) -> tuple:
   """The page's run button: `super_resolve_request` on Gradio's upload values, as the values of
-  RUN_OUTPUTS. A failed request clears the outputs and puts one line in 'status'."""
+  RUN_OUTPUTS, the PNG to download written under `downloads`. A failed request clears the
+  outputs and puts one line in 'status'."""
   try:
     image_paths = _upload_paths(image_value)
     result = super_resolve_request(
@@ -301,15 +303,19 @@ def handle_run(engine: Engine, image_value: Any, downscale: bool, refs_value: An
   except Exception as e:  # pylint: disable=broad-except
     return (None, _failure(e), None, None, None, "", None, None, None)
   sr = result.prediction.sr
-  return (result, summary(result), _save_png(sr, f"{pathlib.Path(image_paths[0]).stem}_x4.png"),
+  download = _save_png(sr, downloads, f"{pathlib.Path(image_paths[0]).stem}_x4.png")
+  return (result, summary(result), download,
           (result.bicubic, sr), sr, "Click a point of the TTSR output.",
           nearest_x4(result.lr), result.ref,
           explain.confidence_image(result.prediction.s))
 
 
-def build_page(engine: Engine) -> gr.Blocks:
-  """The Gradio page over `engine`; call `.queue()` and `.launch()` on it."""
-  with gr.Blocks(title="TTSR super-resolution") as page:
+def build_page(engine: Engine, downloads: pathlib.Path) -> gr.Blocks:
+  """The Gradio page over `engine`, writing the PNGs to download under `downloads`; call
+  `.queue()` and `.launch()` on it."""
+  # No telemetry from a local app; Gradio's copies of uploads and outputs go after an hour.
+  with gr.Blocks(title="TTSR super-resolution", analytics_enabled=False,
+                 delete_cache=(3600, 3600)) as page:
     gr.Markdown("# TTSR: reference-based x4 super-resolution\n\n"
                 "Upload an image and a reference photo of similar content (or pick the example "
                 "below), then *Super-resolve*; click the output to see where its textures came "
@@ -356,7 +362,7 @@ def build_page(engine: Engine) -> gr.Blocks:
     def on_run(image_value, downscale_value, refs_value, pool_value, pick_value,
                progress=gr.Progress()):
       return handle_run(
-          engine, image_value, downscale_value, refs_value, pool_value, pick_value,
+          engine, downloads, image_value, downscale_value, refs_value, pool_value, pick_value,
           progress=lambda done, total: progress(done / total, desc=f"tile {done} of {total}"))
 
     def on_select(result: Optional[Result], event: gr.SelectData):
@@ -402,8 +408,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (checkpoint.CheckpointError, files.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  page = build_page(engine).queue(default_concurrency_limit=1)
-  page.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD)
+  with tempfile.TemporaryDirectory(prefix="ttsr_app_") as downloads:
+    page = build_page(engine, pathlib.Path(downloads)).queue(default_concurrency_limit=1)
+    page.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD)
   return 0
 
 
