@@ -4,6 +4,7 @@ test mode does, in tiles when they are large.
   python -m ttsr_jax.infer --checkpoint PATH --lr LR.png --ref REF.png [REF2.png ...] --out SR.png
   python -m ttsr_jax.infer --checkpoint PATH --lr LR_DIR --ref REF_DIR --out OUT_DIR
   python -m ttsr_jax.infer --checkpoint PATH --lr LR_DIR --ref REF.png --out OUT_DIR
+  python -m ttsr_jax.infer --checkpoint PATH --lr LR.png --ref_pool POOL_DIR --pick K --out SR.png
   python -m ttsr_jax.infer export --checkpoint PATH --out ttsr.npz   (or .pt, with torch)
 
 docs/inference.md describes the commands, the inputs and every error message. The work is done
@@ -14,6 +15,7 @@ by `ttsr_jax.predict` (the model), `ttsr_jax.checkpoint` (both checkpoint kinds)
 import argparse
 import contextlib
 import dataclasses
+import functools
 import pathlib
 import sys
 import time
@@ -25,21 +27,19 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline import files
-from data_pipeline import samples
 from ttsr_jax import checkpoint
+from ttsr_jax import demo_model
 from ttsr_jax import explain
 from ttsr_jax import predict
+from ttsr_jax import references
 from ttsr_jax import tiling
 from ttsr_jax.models.ttsr import TTSR
 
 Params = dict[str, Any]
 
 SCALE = predict.SCALE
-# A sanity cap on output and reference pixels (8K UHD). Tiling bounds the LR side's memory; the
-# reference is not tiled, so its features (about 1 GB per megapixel of reference) are held whole.
-DEFAULT_MAX_PIXELS = 7680 * 4320
-# LR positions per relevance block (docs/benchmarks.md compares block sizes).
-DEFAULT_SEARCH_CHUNK_SIZE = 1024
+DEFAULT_MAX_PIXELS = predict.DEFAULT_MAX_PIXELS
+DEFAULT_SEARCH_CHUNK_SIZE = predict.DEFAULT_SEARCH_CHUNK_SIZE
 
 
 class InferError(Exception):
@@ -47,36 +47,17 @@ class InferError(Exception):
 
 
 def reference_image(paths: Sequence[pathlib.Path]) -> np.ndarray:
-  """One reference image from one or several files.
-
-  Several references are combined as in the paper's multi-reference protocol
-  (`samples.stitch_references`): stacked vertically, each at the top-left of a black square tile,
-  the CUFED5 protocol's 500 pixels or the longest side (rounded up to a multiple of 4) if larger,
-  so no reference is cropped.
-  """
-  refs = [files.read_rgb(p, min_size=predict.MIN_REF_SIDE) for p in paths]
-  if len(refs) == 1:
-    return refs[0]
-  longest = max(max(r.shape[:2]) for r in refs)
-  tile = max(samples.MULTI_REFERENCE_TILE, -(-longest // SCALE) * SCALE)
-  return samples.stitch_references(refs, tile)
+  """One reference image from one or several files (several are stitched: `references.stitch`)."""
+  return references.stitch([files.read_rgb(p, min_size=predict.MIN_REF_SIDE) for p in paths])
 
 
 def check_sizes(lr_path: pathlib.Path, lr_shape: Sequence[int], ref_shape: Sequence[int],
                 max_pixels: int) -> None:
   """Rejects sizes whose output or (stitched) reference exceeds the `max_pixels` sanity cap."""
-  height, width = lr_shape[:2]
-  out_pixels = SCALE * height * SCALE * width
-  if out_pixels > max_pixels:
-    raise InferError(f"{lr_path}: LR of {height}x{width} gives a {SCALE * height}x{SCALE * width} "
-                     f"output ({out_pixels:,} pixels), above --max_pixels {max_pixels:,}; "
-                     "raise --max_pixels if this size is intended")
-  ref_height, ref_width = ref_shape[:2]
-  if ref_height * ref_width > max_pixels:
-    raise InferError(f"{lr_path}: its reference is {ref_height}x{ref_width} "
-                     f"({ref_height * ref_width:,} pixels), above --max_pixels {max_pixels:,}; "
-                     "raise --max_pixels if this size is intended (the reference is not tiled: "
-                     "its memory grows with its size)")
+  try:
+    predict.check_sizes(lr_shape, ref_shape, max_pixels)
+  except predict.SizeError as e:
+    raise InferError(f"{lr_path}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +116,7 @@ def pair_folders(lr_dir: pathlib.Path, ref_dir: pathlib.Path, out_dir: pathlib.P
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:
-  lr, refs, out = args.lr, args.ref, args.out
+  lr, refs, out = args.lr, args.ref or [], args.out
   if lr.is_dir():
     if len(refs) == 1 and refs[0].is_dir():
       return pair_folders(lr, refs[0], out)
@@ -151,6 +132,24 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
   if out.suffix.lower() != ".png":
     raise InferError(f"--out {out}: expected a .png file for a single LR image")
   return [Job(lr, tuple(refs), out)]
+
+
+def pick_references(jobs: Sequence[Job], pool_dir: pathlib.Path, pick: int,
+                    params: Params) -> list[Job]:
+  """Gives each job the `pick` photos of `pool_dir` most relevant to its LR image
+  (`references.rank`), stitched if several, and prints which they are."""
+  pool = files.list_images(pool_dir)
+  pool_descriptors = references.describe(
+      [functools.partial(files.read_rgb, p, min_size=predict.MIN_REF_SIDE) for p in pool], params)
+  picked = []
+  for job in jobs:
+    ranking = references.rank(files.read_rgb(job.lr, min_size=predict.MIN_LR_SIDE),
+                              pool_descriptors, params)
+    chosen = ranking.order[:pick]
+    names = ", ".join(f"{pool[i].name} ({score:.3f})" for i, score in zip(chosen, ranking.scores))
+    print(f"{job.lr.name}: references {names} of {len(pool)} in {pool_dir}", flush=True)
+    picked.append(dataclasses.replace(job, refs=tuple(pool[i] for i in chosen)))
+  return picked
 
 
 def output_paths(out: pathlib.Path, compare: bool, explain_images: bool) -> dict[str, pathlib.Path]:
@@ -241,9 +240,10 @@ def _int_at_least(minimum: int):
 
 
 def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--checkpoint", type=pathlib.Path, required=True,
+  parser.add_argument("--checkpoint", type=pathlib.Path, default=demo_model.CHECKPOINT,
                       help="Orbax checkpoint (workdir, workdir/checkpoints or a step directory) "
-                      "or reference state dict (.pt/.pth/.npz)")
+                      "or reference state dict (.pt/.pth/.npz) (default: the small demo model "
+                      "that ships in assets/demo_model)")
   parser.add_argument("--n_feats", type=int, default=None,
                       help="expected n_feats (default: the checkpoint's)")
   parser.add_argument("--num_res_blocks", type=_num_res_blocks, default=None,
@@ -265,9 +265,15 @@ def _infer_parser() -> argparse.ArgumentParser:
   _add_checkpoint_flags(parser)
   parser.add_argument("--lr", type=pathlib.Path, required=True,
                       help="LR image, or a directory of them")
-  parser.add_argument("--ref", type=pathlib.Path, nargs="+", required=True,
-                      help="reference image(s) (several are stitched), or a directory with "
-                      "NAME.* or NAME/ per LR image NAME.*")
+  references_from = parser.add_mutually_exclusive_group(required=True)
+  references_from.add_argument("--ref", type=pathlib.Path, nargs="+",
+                               help="reference image(s) (several are stitched), or a directory "
+                               "with NAME.* or NAME/ per LR image NAME.*")
+  references_from.add_argument("--ref_pool", type=pathlib.Path,
+                               help="a directory of candidate references: each LR image uses the "
+                               "--pick most relevant of them (stitched if several)")
+  parser.add_argument("--pick", type=_int_at_least(1), default=1,
+                      help="references picked from --ref_pool per image (default: %(default)s)")
   parser.add_argument("--out", type=pathlib.Path, required=True,
                       help="output .png, or a directory for --lr DIR")
   parser.add_argument("--compare", action="store_true",
@@ -335,6 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = _jobs(args)
     params, model_config = checkpoint.load_generator(args.checkpoint, **_architecture_flags(args))
     model = TTSR(**model_config, search_chunk_size=args.search_chunk_size)
+    if args.ref_pool is not None:
+      jobs = pick_references(jobs, args.ref_pool, args.pick, params)
     run(jobs, model, params, compare=args.compare, explain_images=args.explain,
         max_pixels=args.max_pixels, tile=args.tile, halo=_halo(args, model_config))
   except (InferError, checkpoint.CheckpointError, files.DatasetError) as e:

@@ -26,6 +26,11 @@ SCALE = samples.SCALE
 # reference): each image must hold one such patch.
 MIN_LR_SIDE = 3
 MIN_REF_SIDE = 3 * SCALE
+# A sanity cap on output and reference pixels (8K UHD). Tiling bounds the LR side's memory; the
+# reference is not tiled, so its features (about 1 GB per megapixel of reference) are held whole.
+DEFAULT_MAX_PIXELS = 7680 * 4320
+# LR positions per relevance block (docs/benchmarks.md compares block sizes).
+DEFAULT_SEARCH_CHUNK_SIZE = 1024
 # Largest tile window (halo included), in output pixels per side, when tiling is on.
 DEFAULT_TILE = 768
 # Default halo, in LR pixels: measured (docs/inference.md) to keep tiled outputs within one grey
@@ -70,6 +75,27 @@ def prepare_reference(ref: np.ndarray) -> dict[str, np.ndarray]:
 def prepare_inputs(lr: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
   """The reference test mode's four uint8 model inputs from uint8 RGB images."""
   return {**prepare_lr(lr), **prepare_reference(ref)}
+
+
+class SizeError(ValueError):
+  """An image above the `max_pixels` sanity cap."""
+
+
+def check_sizes(lr_shape: Sequence[int], ref_shape: Sequence[int], max_pixels: int) -> None:
+  """Raises SizeError when the output of an LR image or its (stitched) reference exceeds
+  `max_pixels` (the --max_pixels flag of the commands)."""
+  height, width = lr_shape[:2]
+  out_pixels = SCALE * height * SCALE * width
+  if out_pixels > max_pixels:
+    raise SizeError(f"LR of {height}x{width} gives a {SCALE * height}x{SCALE * width} "
+                    f"output ({out_pixels:,} pixels), above --max_pixels {max_pixels:,}; "
+                    "raise --max_pixels if this size is intended")
+  ref_height, ref_width = ref_shape[:2]
+  if ref_height * ref_width > max_pixels:
+    raise SizeError(f"its reference is {ref_height}x{ref_width} "
+                    f"({ref_height * ref_width:,} pixels), above --max_pixels {max_pixels:,}; "
+                    "raise --max_pixels if this size is intended (the reference is not tiled: "
+                    "its memory grows with its size)")
 
 
 def to_uint8(sr: np.ndarray) -> np.ndarray:
