@@ -52,19 +52,27 @@ def _random_state(config, mesh, seed: int):
 
   def draw(leaf):
     if np.issubdtype(leaf.dtype, np.floating):
-      return rng.standard_normal(leaf.shape).astype(leaf.dtype)
+      return rng.random(leaf.shape, dtype=leaf.dtype)
     return rng.integers(0, 1000, leaf.shape).astype(leaf.dtype)
 
   return jax.tree_util.tree_map(draw, checkpoint.abstract_train_state(config, mesh))
 
 
-def _write_steps(directory: pathlib.Path, config, mesh, steps) -> dict:
-  """Checkpoints of random states at `steps` under `directory`; returns {step: state}."""
-  states = {step: _random_state(config, mesh, step) for step in steps}
-  with checkpoint.manager(directory, keep=len(steps)) as mngr:
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, config, mesh) -> tuple[pathlib.Path, dict]:
+  """(checkpoints directory, {step: state}) of random states at steps 1 and 2; tests copy it."""
+  directory = tmp_path_factory.mktemp("written") / "checkpoints"
+  states = {step: _random_state(config, mesh, step) for step in (1, 2)}
+  with checkpoint.manager(directory, keep=2) as mngr:
     for step, state in states.items():
       checkpoint.save(mngr, step, state, config)
-  return states
+  return directory, states
+
+
+def _copy(written, tmp_path: pathlib.Path) -> tuple[pathlib.Path, dict]:
+  directory, states = written
+  shutil.copytree(directory, tmp_path / "checkpoints")
+  return tmp_path / "checkpoints", states
 
 
 def _largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -105,9 +113,8 @@ def _damage_warnings(caplog) -> list[str]:
 
 # --- the manifest --------------------------------------------------------------------------------
 
-def test_manifest_catches_truncation_a_flipped_byte_and_a_missing_file(tmp_path, config, mesh):
-  _write_steps(tmp_path / "checkpoints", config, mesh, [1])
-  step_dir = tmp_path / "checkpoints" / "1"
+def test_manifest_catches_truncation_a_flipped_byte_and_a_missing_file(tmp_path, written):
+  step_dir = _copy(written, tmp_path)[0] / "1"
   manifest = json.loads((step_dir / checkpoint.MANIFEST).read_text())["files"]
   written = {p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file()}
   assert set(manifest) == written - {checkpoint.MANIFEST}
@@ -139,32 +146,29 @@ def test_manifest_catches_truncation_a_flipped_byte_and_a_missing_file(tmp_path,
 
 @pytest.mark.parametrize("damage", [_truncate, _flip_byte])
 def test_training_restores_the_latest_intact_step_and_moves_the_damaged_aside(
-    damage, tmp_path, config, mesh, caplog):
-  directory = tmp_path / "checkpoints"
-  states = _write_steps(directory, config, mesh, [1, 2, 3])
-  damage(_largest_data_file(directory / "3"))
-  with checkpoint.manager(directory, keep=3) as mngr:
+    damage, written, tmp_path, config, mesh, caplog):
+  directory, states = _copy(written, tmp_path)
+  damage(_largest_data_file(directory / "2"))
+  with checkpoint.manager(directory, keep=2) as mngr:
     state, _ = checkpoint.restore_latest_intact(mngr, config, mesh)
-    assert mngr.all_steps() == [1, 2]
-  assert_identical(jax.device_get(state), states[2])
+    assert mngr.all_steps() == [1]
+  assert_identical(jax.device_get(state), states[1])
   [warning] = _damage_warnings(caplog)
-  assert warning.startswith(f"{directory / '3'}: damaged checkpoint of step 3: state/")
-  assert f"moved it aside to {directory / '3.damaged'}" in warning
-  assert sorted(p.name for p in directory.iterdir() if not p.name.startswith("_")) == [
-      "1", "2", "3.damaged"]
-  # A later run of the same step moves that one aside under another name.
-  _write_steps(tmp_path / "again", config, mesh, [3])
-  shutil.copytree(tmp_path / "again" / "3", directory / "3")
-  _truncate(_largest_data_file(directory / "3"))
-  with checkpoint.manager(directory, keep=3) as mngr:
-    checkpoint.restore_latest_intact(mngr, config, mesh)
-  assert (directory / "3.damaged").is_dir() and (directory / "3.damaged-2").is_dir()
+  assert warning.startswith(f"{directory / '2'}: damaged checkpoint of step 2: state/")
+  assert f"moved it aside to {directory / '2.damaged'}" in warning
+  assert sorted(p.name for p in directory.iterdir() if p.name[0].isdigit()) == ["1", "2.damaged"]
 
 
-def test_a_checkpoint_without_manifest_that_does_not_restore_is_damaged(tmp_path, config, mesh,
-                                                                        caplog):
-  directory = tmp_path / "checkpoints"
-  states = _write_steps(directory, config, mesh, [1, 2])
+def test_a_step_damaged_again_is_moved_aside_under_another_name(tmp_path):
+  for _ in range(3):
+    (tmp_path / "7" / "state").mkdir(parents=True)
+    checkpoint.move_aside(tmp_path / "7")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["7.damaged", "7.damaged-2", "7.damaged-3"]
+
+
+def test_a_checkpoint_without_manifest_that_does_not_restore_is_damaged(written, tmp_path, config,
+                                                                        mesh, caplog):
+  directory, states = _copy(written, tmp_path)
   (directory / "2" / checkpoint.MANIFEST).unlink()  # as written before manifests existed
   _truncate(_largest_data_file(directory / "2"))
   with checkpoint.manager(directory, keep=2) as mngr:
@@ -174,9 +178,8 @@ def test_a_checkpoint_without_manifest_that_does_not_restore_is_damaged(tmp_path
   assert "damaged checkpoint of step 2: state: cannot be restored (OUT_OF_RANGE" in warning
 
 
-def test_no_intact_checkpoint_left_stops_with_one_line(tmp_path, config, mesh):
-  directory = tmp_path / "checkpoints"
-  _write_steps(directory, config, mesh, [1, 2])
+def test_no_intact_checkpoint_left_stops_with_one_line(written, tmp_path, config, mesh):
+  directory, _ = _copy(written, tmp_path)
   for step in (1, 2):
     _flip_byte(_largest_data_file(directory / str(step)))
   with checkpoint.manager(directory, keep=2) as mngr:
@@ -205,24 +208,26 @@ def test_intact_files_that_do_not_restore_are_not_damage(tmp_path, config, mesh,
 
 # --- the save side -------------------------------------------------------------------------------
 
-def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path, config, mesh):
-  directory = tmp_path / "checkpoints"
-  states = _write_steps(directory, config, mesh, [1])
+def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(written, tmp_path, config,
+                                                                    mesh):
+  directory, states = _copy(written, tmp_path)
   with checkpoint.manager(directory, keep=1) as mngr:
     with _file_size_limit(FILE_SIZE_LIMIT), pytest.raises(checkpoint.CheckpointError) as error:
-      checkpoint.save(mngr, 2, _random_state(config, mesh, 2), config)
-    assert mngr.all_steps() == [1]
+      checkpoint.save(mngr, 3, states[1], config)
+    assert mngr.all_steps() == [1, 2]  # keep=1 would have removed step 1 after a commit
   message = str(error.value)
   assert message.count("\n") == 0
-  assert message.startswith(f"{directory / '2'}: cannot save the checkpoint of step 2 (")
-  assert "File too large" in message and "(steps: 1) are as they were" in message
-  checkpoint.verify(directory / "1")
+  assert message.startswith(f"{directory / '3'}: cannot save the checkpoint of step 3 (")
+  assert "File too large" in message and "(steps: 1, 2) are as they were" in message
+  for step in (1, 2):
+    checkpoint.verify(directory / str(step))
   with checkpoint.manager(directory, read_only=True) as mngr:
-    assert_identical(jax.device_get(checkpoint.restore(mngr, 1, config, mesh)[0]), states[1])
+    assert_identical(jax.device_get(checkpoint.restore(mngr, 2, config, mesh)[0]), states[2])
   # With room again, the same step saves (Orbax replaces the failed save's temporary directory).
-  with checkpoint.manager(directory, keep=2) as mngr:
-    checkpoint.save(mngr, 2, states[1], config)
-  checkpoint.verify(directory / "2")
+  with checkpoint.manager(directory, keep=1) as mngr:
+    checkpoint.save(mngr, 3, states[1], config)
+    assert mngr.all_steps() == [3]
+  checkpoint.verify(directory / "3")
 
 
 # --- a whole training run ------------------------------------------------------------------------
