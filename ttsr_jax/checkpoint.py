@@ -186,11 +186,7 @@ def _root_cause(error: BaseException) -> str:
 _previous_unraisablehook = sys.unraisablehook
 
 
-def _drop_abandoned_reads(unraisable: Any) -> None:
-  # TensorStore completes each read from a native thread by scheduling a callback on the event
-  # loop of Orbax's restore; a restore that failed has closed that loop while its other reads were
-  # still in flight, and each of their completions raises 'Event loop is closed' at the native
-  # call of call_soon_threadsafe. Those are dropped; anything else goes to the previous hook.
+def _drop_late_tensorstore_callbacks(unraisable: Any) -> None:
   tb = unraisable.exc_traceback
   if not (isinstance(unraisable.exc_value, RuntimeError)
           and str(unraisable.exc_value) == "Event loop is closed"
@@ -198,28 +194,35 @@ def _drop_abandoned_reads(unraisable: Any) -> None:
     _previous_unraisablehook(unraisable)
 
 
-def _ignore_abandoned_reads() -> None:
+def _install_late_callback_filter() -> None:
+  """Silences the TensorStore reads and writes that finish after a failed Orbax restore or save.
+
+  Orbax runs them on an event loop that it closes as soon as the first one fails; TensorStore
+  still completes the others, and each completion, scheduling its callback on that closed loop
+  from a native thread, raises 'Event loop is closed' into sys.unraisablehook: a traceback per
+  file, hundreds, after the one error that matters. Only those are dropped (anything else goes to
+  the previous hook), and the filter is in place before Orbax runs, as the completions can come
+  before the error reaches the caller.
+  """
   global _previous_unraisablehook
-  if sys.unraisablehook is not _drop_abandoned_reads:
+  if sys.unraisablehook is not _drop_late_tensorstore_callbacks:
     _previous_unraisablehook = sys.unraisablehook
-    sys.unraisablehook = _drop_abandoned_reads
+    sys.unraisablehook = _drop_late_tensorstore_callbacks
 
 
-def _restore_items(mngr: ocp.CheckpointManager, step: int, args: ocp.args.Composite,
-                   items: tuple[str, ...]) -> Any:
-  """mngr.restore of `items` (checked by the caller); a failure is one line."""
+def _restore_item(mngr: ocp.CheckpointManager, step: int, item: str, args: Any) -> Any:
+  """mngr.restore of one item (checked by the caller); a failure is one line."""
   step_dir = pathlib.Path(mngr.directory) / str(step)
   try:
-    return mngr.restore(step, args=args)
+    return mngr.restore(step, args=ocp.args.Composite(**{item: args}))[item]
   except Exception as e:  # pylint: disable=broad-exception-caught  (Orbax re-raises TensorStore's
     # read errors as a bare Exception; what follows names the cause in one line either way)
-    _ignore_abandoned_reads()
-    what, reason = "+".join(items), _root_cause(e)
     if has_manifest(step_dir):
       # The files are those that were written: other code or another config, not damage.
-      raise CheckpointError(f"{step_dir}: cannot restore {what}, although its files match their "
-                            f"manifest ({reason})") from None
-    raise DamagedCheckpointError(step_dir, what, f"cannot be restored ({reason})") from None
+      raise CheckpointError(f"{step_dir}: cannot restore {item}, although its files match their "
+                            f"manifest ({_root_cause(e)})") from None
+    raise DamagedCheckpointError(step_dir, item,
+                                 f"cannot be restored ({_root_cause(e)})") from None
 
 
 @contextlib.contextmanager
@@ -238,6 +241,7 @@ def _best_metric(metrics: dict[str, Any]) -> float:
 def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (WORKDIR/checkpoints) keeping the `keep` latest
   checkpoints and the best by PSNR."""
+  _install_late_callback_filter()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                            best_fn=_best_metric, best_mode="max")
@@ -300,8 +304,7 @@ def abstract_train_state(config: ml_collections.ConfigDict,
 
 
 def _restore_config(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  return _restore_items(mngr, step, ocp.args.Composite(config=ocp.args.JsonRestore()),
-                        ("config",))["config"]
+  return _restore_item(mngr, step, "config", ocp.args.JsonRestore())
 
 
 def stored_config(directory: PathLike, step: int) -> dict[str, Any]:
@@ -357,9 +360,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.Confi
         f"{where}: written by a run with another model config ({'; '.join(differences)}); "
         "use another --workdir, or set these fields as the checkpoint has them")
   target = abstract_train_state(config, mesh)
-  state = _restore_items(mngr, step, ocp.args.Composite(state=ocp.args.StandardRestore(target)),
-                         ("state",))
-  return state["state"], mngr.metrics(step)
+  state = _restore_item(mngr, step, "state", ocp.args.StandardRestore(target))
+  return state, mngr.metrics(step)
 
 
 def read_state(directory: PathLike, step: int, config: ml_collections.ConfigDict,
@@ -507,11 +509,11 @@ def _restore_generator(path: pathlib.Path,
     model_config["num_res_blocks"] = tuple(model_config["num_res_blocks"])
     model_config = _merge_flags(path, model_config, flags)
     target = abstract_generator_params(model_config)
-    restored = _restore_items(mngr, step, ocp.args.Composite(state=ocp.args.PyTreeRestore(
+    restored = _restore_item(mngr, step, "state", ocp.args.PyTreeRestore(
         item={"g_params": target},
         restore_args=ocp.checkpoint_utils.construct_restore_args({"g_params": target}),
-        partial_restore=True)), ("state",))
-  params = restored["state"]["g_params"]
+        partial_restore=True))
+  params = restored["g_params"]
   _check_shapes(where, params, target, model_config)
   return params, model_config
 
