@@ -18,7 +18,6 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
@@ -314,28 +313,27 @@ def test_every_command_on_a_damaged_checkpoint_is_one_line(uninterrupted, tiny_c
   assert f"the newest intact checkpoint is {old / 'checkpoints'}" in result.stderr
 
 
-@pytest.mark.slow  # trains the tiny run (conftest.uninterrupted) and one more epoch of it
-def test_failing_save_stops_training_and_keeps_the_earlier_checkpoints(uninterrupted, tmp_path,
-                                                                       monkeypatch):
+@pytest.mark.slow  # the tiny run (conftest.uninterrupted), then one more epoch in launch.py
+def test_failing_save_stops_training_with_one_line_and_keeps_the_earlier_checkpoints(
+    uninterrupted, tiny_config_file, tmp_path):
   ref_workdir, config, _ = uninterrupted
   workdir = tmp_path / "run"
   shutil.copytree(ref_workdir, workdir)
-  save = ocp.CheckpointManager.save
-
-  def save_on_a_full_disk(*args, **kwargs):
-    with _file_size_limit(FILE_SIZE_LIMIT):
-      return save(*args, **kwargs)
-
-  monkeypatch.setattr(ocp.CheckpointManager, "save", save_on_a_full_disk)
-  config = config.copy_and_resolve_references()
-  config.num_epochs = 3  # one more epoch, then its checkpoint; the compiled steps stay the same
-  with pytest.raises(checkpoint.CheckpointError) as error:
-    train.train_and_evaluate(config, workdir)
-  message = str(error.value)
+  hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+  # One more epoch, then its checkpoint, on a "full disk"; the compiled steps stay the same.
+  result = subprocess.run(
+      [sys.executable, "launch.py", f"--config={tiny_config_file}", f"--workdir={workdir}",
+       "--config.num_epochs=3"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+      timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                         (FILE_SIZE_LIMIT, hard)))
   end = TOTAL_STEPS + STEPS_PER_EPOCH
-  assert message.count("\n") == 0
-  assert message.startswith(f"{workdir / 'checkpoints' / str(end)}: cannot save the checkpoint "
-                            f"of step {end} (")
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("E")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert (f"{workdir / 'checkpoints' / str(end)}: cannot save the checkpoint of step {end} ("
+          in errors[0])
+  assert "File too large" in errors[0]
+  assert "Traceback" not in result.stderr
   with checkpoint.manager(workdir / "checkpoints", read_only=True) as mngr:
     assert mngr.all_steps() == [TOTAL_STEPS - STEPS_PER_EPOCH, TOTAL_STEPS]
   assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
