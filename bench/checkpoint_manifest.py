@@ -1,6 +1,6 @@
 """Prints what the checkpoint manifest costs next to Orbax's own save and restore.
 
-  python -m bench.checkpoint_manifest [--config configs/ttsr_gan.py] [--repeats 3]
+  python -m bench.checkpoint_manifest [--config ttsr_gan] [--repeats 3]
 
 A TrainState of the config with random entries is saved by Orbax (as training saves it), then its
 manifest written (size and SHA-256 of every file), then verified, then the state restored; each
@@ -9,7 +9,7 @@ machine.
 """
 
 import argparse
-import importlib.util
+import importlib
 import pathlib
 import tempfile
 import time
@@ -22,13 +22,6 @@ from ttsr_jax import checkpoint
 from ttsr_jax import sharding
 
 
-def _load_config(path: str):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _random_state(config, mesh):
   rng = np.random.default_rng(0)
   return jax.tree_util.tree_map(
@@ -38,10 +31,10 @@ def _random_state(config, mesh):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/ttsr_gan.py")
+  parser.add_argument("--config", default="ttsr_gan", help="a module of configs/")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
-  config = _load_config(args.config)
+  config = importlib.import_module(f"configs.{args.config}").get_config()
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = _random_state(config, mesh)
   nbytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))

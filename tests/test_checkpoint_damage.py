@@ -59,12 +59,13 @@ def _random_state(config, mesh, seed: int):
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, config, mesh) -> tuple[pathlib.Path, dict]:
-  """(checkpoints directory, {step: state}) of random states at steps 1 and 2; tests copy it."""
+  """(checkpoints directory, {step: state}) of random states at steps 1 and 2 (evaluated); tests
+  copy it."""
   directory = tmp_path_factory.mktemp("written") / "checkpoints"
   states = {step: _random_state(config, mesh, step) for step in (1, 2)}
   with checkpoint.manager(directory, keep=2) as mngr:
     for step, state in states.items():
-      checkpoint.save(mngr, step, state, config)
+      checkpoint.save(mngr, step, state, config, metrics={checkpoint.BEST_METRIC: 20.0 + step})
   return directory, states
 
 
@@ -177,6 +178,21 @@ def test_a_checkpoint_without_manifest_that_does_not_restore_is_damaged(written,
   assert "damaged checkpoint of step 2: state: cannot be restored (OUT_OF_RANGE" in warning
 
 
+def test_unreadable_metrics_are_damage_before_any_restore(written, tmp_path, caplog):
+  # Orbax reads every step's metrics when a manager opens, and fails on one that is not JSON.
+  directory, _ = _copy(written, tmp_path)
+  (directory / "2" / "metrics" / "metrics").write_text('{"psnr": 2')  # cut short
+  with pytest.raises(checkpoint.DamagedCheckpointError) as error:
+    checkpoint.locate(tmp_path, "best")  # as the commands open it: read-only
+  assert str(error.value).startswith(
+      f"{directory / '2'}: damaged checkpoint of step 2: metrics/metrics: unreadable (")
+  assert str(error.value).endswith(f"the newest intact checkpoint is {directory / '1'} (step 1)")
+  with checkpoint.manager(directory, keep=2) as mngr:  # as training opens it
+    assert mngr.all_steps() == [1]
+  [warning] = _damage_warnings(caplog)
+  assert f"moved it aside to {directory / '2.damaged'}" in warning
+
+
 def test_no_intact_checkpoint_left_stops_with_one_line(written, tmp_path, config, mesh):
   directory, _ = _copy(written, tmp_path)
   for step in (1, 2):
@@ -248,6 +264,7 @@ def test_truncated_latest_checkpoint_resumes_from_the_previous_and_matches(unint
       assert checkpoint.has_manifest(step_dir)
       checkpoint.verify(step_dir)  # what training wrote, retention included, checks out
   workdir = _damaged_copy(uninterrupted, tmp_path / "run")
+  caplog.set_level(logging.INFO, logger="absl")
   train.train_and_evaluate(config, workdir)
   [warning] = _damage_warnings(caplog)
   assert f"damaged checkpoint of step {TOTAL_STEPS}: state/" in warning

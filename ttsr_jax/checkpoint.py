@@ -238,9 +238,36 @@ def _best_metric(metrics: dict[str, Any]) -> float:
   return metrics[BEST_METRIC]
 
 
+def _unreadable_metrics(directory: pathlib.Path) -> Optional[DamagedCheckpointError]:
+  """The first step under `directory` whose metrics file is not JSON (Orbax reads every step's
+  when a manager opens, and fails on such a file)."""
+  name = ocp.checkpoint_manager.METRIC_ITEM_NAME
+  for step_dir in sorted(p for p in directory.iterdir() if p.name.isdigit()):
+    path = step_dir / name / name
+    try:
+      if path.is_file():
+        json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      return DamagedCheckpointError(step_dir, f"{name}/{name}", f"unreadable ({_first_line(e)})")
+  return None
+
+
+def _set_aside(error: DamagedCheckpointError) -> None:
+  """Moves a damaged step aside (process 0, the others wait) and says so in one warning."""
+  moved = move_aside(error.step_dir) if jax.process_index() == 0 else None
+  ocp.multihost.sync_global_processes(f"ttsr_moved_aside_{error.step_dir.name}")
+  logging.warning("%s; %s, trying the previous checkpoint", error,
+                  f"moved it aside to {moved}" if moved else "process 0 moves it aside")
+
+
 def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (WORKDIR/checkpoints) keeping the `keep` latest
-  checkpoints and the best by PSNR."""
+  checkpoints and the best by PSNR.
+
+  A step whose metrics are not JSON stops Orbax from opening the directory: a manager that writes
+  (training's) moves such a step aside (`_set_aside`), a read-only one raises
+  DamagedCheckpointError.
+  """
   _install_late_callback_filter()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
@@ -259,7 +286,17 @@ def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.
     options = ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max",
                                            preservation_policy=policy,
                                            enable_async_checkpointing=False)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+  directory = pathlib.Path(directory).absolute()
+  while True:
+    try:
+      return ocp.CheckpointManager(directory, options=options)
+    except ValueError:  # json.JSONDecodeError, among others
+      damaged = _unreadable_metrics(directory)
+      if damaged is None:
+        raise
+      if read_only:
+        raise damaged.naming_newest_intact() from None
+      _set_aside(damaged)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: step_lib.TrainState,
@@ -389,10 +426,7 @@ def restore_latest_intact(
       return restore(mngr, step, config, mesh)
     except DamagedCheckpointError as e:
       damaged.append(step)
-      moved = move_aside(e.step_dir) if jax.process_index() == 0 else None
-      ocp.multihost.sync_global_processes(f"ttsr_moved_aside_{step}")
-      logging.warning("%s; %s, trying the previous checkpoint", e,
-                      f"moved it aside to {moved}" if moved else "process 0 moves it aside")
+      _set_aside(e)
       mngr.reload()
   if damaged:
     raise CheckpointError(
