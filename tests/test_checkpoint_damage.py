@@ -336,21 +336,27 @@ def test_failing_save_stops_training_with_one_line_and_keeps_the_earlier_checkpo
   ref_workdir, config, _ = uninterrupted
   workdir = tmp_path / "run"
   shutil.copytree(ref_workdir, workdir)
-  hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
-  # One more epoch, then its checkpoint, on a "full disk"; the compiled steps stay the same.
-  result = subprocess.run(
+  # One more epoch, then its checkpoint, on a "full disk"; the compiled steps stay the same. The
+  # limit is set from outside (prlimit) once the process runs: a preexec_fn would fork this
+  # multithreaded process.
+  process = subprocess.Popen(
       [sys.executable, "launch.py", f"--config={tiny_config_file}", f"--workdir={workdir}",
-       "--config.num_epochs=3"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-      timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
-                                                         (FILE_SIZE_LIMIT, hard)))
+       "--config.num_epochs=3"], cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE,
+                     (FILE_SIZE_LIMIT, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    stderr = process.communicate(timeout=600)[1]
+  finally:
+    process.kill()
   end = TOTAL_STEPS + STEPS_PER_EPOCH
-  assert result.returncode == 1, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith("E")]
-  assert len(errors) == 1, result.stderr[-3000:]
+  assert process.returncode == 1, stderr[-3000:]
+  errors = [line for line in stderr.splitlines() if line.startswith("E")]
+  assert len(errors) == 1, stderr[-3000:]
   assert (f"{workdir / 'checkpoints' / str(end)}: cannot save the checkpoint of step {end} ("
           in errors[0])
   assert "File too large" in errors[0]
-  assert "Traceback" not in result.stderr
+  assert "Traceback" not in stderr
   with checkpoint.manager(workdir / "checkpoints", read_only=True) as mngr:
     assert mngr.all_steps() == [TOTAL_STEPS - STEPS_PER_EPOCH, TOTAL_STEPS]
   assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
