@@ -229,7 +229,7 @@ def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(written, tmp
   with checkpoint.manager(directory, keep=1) as mngr:
     with _file_size_limit(FILE_SIZE_LIMIT), pytest.raises(checkpoint.CheckpointError) as error:
       checkpoint.save(mngr, 3, states[1], config)
-    assert mngr.all_steps() == [1, 2]  # keep=1 would have removed step 1 after a commit
+    assert mngr.all_steps() == [1, 2]  # a commit would have removed step 1 (keep=1)
   message = str(error.value)
   assert message.count("\n") == 0
   assert message.startswith(f"{directory / '3'}: cannot save the checkpoint of step 3 (")
@@ -241,7 +241,7 @@ def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(written, tmp
   # With room again, the same step saves (Orbax replaces the failed save's temporary directory).
   with checkpoint.manager(directory, keep=1) as mngr:
     checkpoint.save(mngr, 3, states[1], config)
-    assert mngr.all_steps() == [3]
+    assert mngr.all_steps() == [2, 3]  # step 1 removed; 2 kept as the best
   checkpoint.verify(directory / "3")
 
 
