@@ -57,7 +57,7 @@ def main() -> None:
         times["verify"].append(time.perf_counter() - start)
         start = time.perf_counter()
         jax.block_until_ready(mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target))))
+            state=ocp.args.StandardRestore(target)))["state"])
         times["orbax restore"].append(time.perf_counter() - start)
   print(f"{args.config}: TrainState {nbytes / 2**20:.0f} MiB, best of {args.repeats}")
   for name, values in times.items():
