@@ -3,8 +3,9 @@ metrics.
 
 `train_and_evaluate(config, workdir)` trains as the reference does: `num_init_epochs` warm-up
 epochs with the reconstruction loss only, then `num_epochs` main epochs, evaluating on CUFED5
-every `eval_every` main epochs and after the last. It resumes from WORKDIR/checkpoints by
-itself. The input pipeline's batches are a function of (seed, epoch, batch index), so a run
+every `eval_every` main epochs and after the last. It resumes from the latest intact checkpoint
+of WORKDIR/checkpoints by itself, moving damaged ones aside (`checkpoint.restore_latest_intact`).
+The input pipeline's batches are a function of (seed, epoch, batch index), so a run
 resumed at step k continues exactly as the uninterrupted run would.
 
 `evaluate(config, workdir, checkpoint)` restores a checkpoint onto the current devices and
@@ -262,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
       writer.write_hparams(checkpoint.flat_config(config.to_dict()))
     else:
       state, last_eval = restored[0], restored[1] or {}
-      logging.info("Resuming from %s", pathlib.Path(mngr.directory) / str(mngr.latest_step()))
+      logging.info("Resuming from %s",
+                   workdir / checkpoint.CHECKPOINT_DIR / str(mngr.latest_step()))
     step = int(jax.device_get(state.step))
     train_steps = _compile_train_steps(config, steps_per_epoch, mesh, state, vgg_params,
                                        first_step=step, total_steps=total_steps)
