@@ -37,13 +37,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _OrbaxFilter(py_logging.Filter):
-  """Drops Orbax's INFO records (several per save or restore) and its warning for checkpoints
-  saved without metrics (those between evaluations, by design); other warnings pass."""
+  """Drops Orbax's INFO records (several per save or restore), its warnings for checkpoints saved
+  without metrics (those between evaluations) and for read-only managers (eval mode), both by
+  design, and the tracebacks its worker threads log for an error that the failing save raises
+  again in the caller (reported there in one line); other warnings and errors pass."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
-    return record.levelno > py_logging.INFO and "did not provide metrics" not in record.getMessage()
+    message = record.getMessage()
+    return record.levelno > py_logging.INFO and not any(
+        text in message for text in ("did not provide metrics", "Given directory is read only",
+                                     "_SignalingThread.run() raised an exception"))
 
 
 def _warn_if_cpu_only(config) -> None:

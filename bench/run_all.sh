@@ -13,3 +13,5 @@ echo "== inference, demo pair"
 $PY -m bench.search_memory --cases demo
 echo "== input pipeline"
 $PY -m bench.input_pipeline --pairs 120 --epochs 2
+echo "== checkpoint manifest against Orbax's save and restore (paper model's TrainState)"
+$PY -m bench.checkpoint_manifest --repeats 2

@@ -17,9 +17,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 # pytest.ini's workers take one group of tests at a time: a test file, so that its module
-# fixtures are computed once, except that the loop and report tests, which share the session's
-# tiny training run (`uninterrupted`), form one group so the run trains once.
-WORKER_GROUPS = {"test_train_loop.py": "tiny_run", "test_report.py": "tiny_run"}
+# fixtures are computed once, except that the loop, report and checkpoint damage tests, which
+# share the session's tiny training run (`uninterrupted`), form one group so the run trains once.
+WORKER_GROUPS = {"test_train_loop.py": "tiny_run", "test_report.py": "tiny_run",
+                 "test_checkpoint_damage.py": "tiny_run"}
 
 
 def _group(path: str) -> str:

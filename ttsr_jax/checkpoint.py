@@ -9,8 +9,18 @@ This module is the one owner of the layout:
                                       config; its "model" entry is what inference needs
   WORKDIR/checkpoints/<step>/metrics  the evaluation of that step, when it was evaluated (Orbax's
                                       own item); its "psnr" ranks the checkpoints
+  WORKDIR/checkpoints/<step>/manifest.json  size and SHA-256 of every other file of the step,
+                                      written after Orbax's commit and checked before a restore
+  WORKDIR/checkpoints/<step>.damaged  a step that failed its check or its restore, moved aside by
+                                      training (never deleted, never a step to Orbax again)
 
 Retention: the `keep` latest checkpoints, plus the one with the best PSNR.
+
+A damaged checkpoint (`DamagedCheckpointError`) is one whose files differ from its manifest, or
+one without a manifest (written before manifests existed, or killed between Orbax's commit and
+the manifest) that Orbax cannot restore. Training resumes from the latest intact step
+(`restore_latest_intact`); the commands that read a checkpoint stop with one line naming the
+step, the file, the reason and the newest intact step of the directory.
 
 Inference reads a generator from either kind (`load_generator`): a reference state dict file
 (`.pt`/`.pth`, needs torch, or `.npz` of the same keys; the architecture comes from its keys,
@@ -20,10 +30,16 @@ restore) and `config`'s "model" entry. Such a PATH may be WORKDIR, WORKDIR/check
 latest step) or one step directory.
 """
 
+import contextlib
+import hashlib
 import importlib.util
+import json
+import os
 import pathlib
+import sys
 from typing import Any, Optional, Union
 
+from absl import logging
 import flax
 from flax import traverse_util
 import jax
@@ -43,6 +59,8 @@ Params = dict[str, Any]
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "psnr"
 STATE_DICT_SUFFIXES = (".npz", ".pt", ".pth")
+MANIFEST = "manifest.json"
+DAMAGED_SUFFIX = ".damaged"
 # Config fields that fix the parameters' shapes or the function they compute; a checkpoint
 # written with other values cannot be resumed or evaluated under this config. (precision, remat and
 # search_chunk_size change at most rounding; the VGG19 file only matters at initialisation.)
@@ -50,16 +68,207 @@ MODEL_FIELDS = tuple(f"model.{key}" for key in ARCHITECTURE_KEYS) + ("train_crop
 
 
 class CheckpointError(Exception):
-  """A checkpoint that cannot be used here: missing, or written for another model."""
+  """A checkpoint that cannot be used here: missing, damaged, or written for another model."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files differ from its manifest, or without a manifest and unreadable."""
+
+  def __init__(self, step_dir: pathlib.Path, file: str, reason: str, note: str = ""):
+    self.step_dir, self.file, self.reason = step_dir, file, reason
+    super().__init__(f"{step_dir}: damaged checkpoint of step {step_dir.name}: {file}: {reason}"
+                     + (f"; {note}" if note else ""))
+
+  def naming_newest_intact(self) -> "DamagedCheckpointError":
+    """This error, naming the newest other step of the same directory that is intact."""
+    intact = newest_intact_step(self.step_dir.parent, excluding=int(self.step_dir.name))
+    note = (f"the newest intact checkpoint is {self.step_dir.parent / str(intact)} (step {intact})"
+            if intact is not None else "no other checkpoint of this directory is intact")
+    return DamagedCheckpointError(self.step_dir, self.file, self.reason, note)
+
+
+# --- the content check ---------------------------------------------------------------------------
+
+def _file_record(path: pathlib.Path) -> dict[str, Union[int, str]]:
+  with open(path, "rb") as f:
+    return {"bytes": os.fstat(f.fileno()).st_size,
+            "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def write_manifest(step_dir: PathLike) -> None:
+  """Records the size and SHA-256 of every file of a committed step in its MANIFEST.
+
+  Written whole under another name and renamed, so that a manifest is either complete or absent.
+  """
+  step_dir = pathlib.Path(step_dir)
+  files = {path.relative_to(step_dir).as_posix(): _file_record(path)
+           for path in sorted(step_dir.rglob("*")) if path.is_file() and path.name != MANIFEST}
+  partial = step_dir / (MANIFEST + ".tmp")
+  with open(partial, "w") as f:
+    json.dump({"files": files}, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(partial, step_dir / MANIFEST)
+
+
+def has_manifest(step_dir: PathLike) -> bool:
+  return (pathlib.Path(step_dir) / MANIFEST).is_file()
+
+
+def verify(step_dir: PathLike, items: Optional[tuple[str, ...]] = None) -> None:
+  """Checks the files of a step (only those of the top-level `items`, if given) against its
+  manifest. A step without one (written before manifests existed) passes.
+
+  Raises:
+    DamagedCheckpointError: a file is missing or differs in size or content, or the manifest is
+      unreadable.
+  """
+  step_dir = pathlib.Path(step_dir)
+  if not has_manifest(step_dir):
+    return
+  try:
+    files = json.loads((step_dir / MANIFEST).read_text())["files"]
+    records = {name: (int(r["bytes"]), str(r["sha256"])) for name, r in files.items()}
+  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    raise DamagedCheckpointError(step_dir, MANIFEST, f"unreadable ({_first_line(e)})") from None
+  for name, (size, digest) in records.items():
+    if items is not None and name.split("/")[0] not in items:
+      continue
+    path = step_dir / name
+    if not path.is_file():
+      raise DamagedCheckpointError(step_dir, name, "missing")
+    found = _file_record(path)
+    if found["bytes"] != size:
+      raise DamagedCheckpointError(step_dir, name,
+                                   f"{found['bytes']} bytes, its manifest says {size}")
+    if found["sha256"] != digest:
+      raise DamagedCheckpointError(step_dir, name, f"{size} bytes as its manifest says, but "
+                                   "another SHA-256 (changed content)")
+
+
+def newest_intact_step(directory: PathLike, excluding: Optional[int] = None) -> Optional[int]:
+  """The newest step under `directory`, other than `excluding`, that passes `verify`."""
+  steps = sorted((int(p.name) for p in pathlib.Path(directory).iterdir()
+                  if p.name.isdigit() and p.is_dir() and int(p.name) != excluding), reverse=True)
+  for step in steps:
+    try:
+      verify(pathlib.Path(directory) / str(step))
+    except DamagedCheckpointError:
+      continue
+    return step
+  return None
+
+
+def move_aside(step_dir: PathLike) -> pathlib.Path:
+  """Renames a damaged step to <step>.damaged (.damaged-2, ... if taken), which Orbax does not
+  take for a step; returns the new path."""
+  step_dir = pathlib.Path(step_dir)
+  target, n = step_dir.with_name(step_dir.name + DAMAGED_SUFFIX), 1
+  while target.exists():
+    n += 1
+    target = step_dir.with_name(f"{step_dir.name}{DAMAGED_SUFFIX}-{n}")
+  os.rename(step_dir, target)
+  return target
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _root_cause(error: BaseException) -> str:
+  """The first line of the innermost exception behind `error` (Orbax wraps TensorStore's)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return _first_line(error)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _drop_late_tensorstore_callbacks(unraisable: Any) -> None:
+  tb = unraisable.exc_traceback
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"
+          and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+    _previous_unraisablehook(unraisable)
+
+
+def _install_late_callback_filter() -> None:
+  """Silences the TensorStore reads and writes that finish after a failed Orbax restore or save.
+
+  Orbax runs them on an event loop that it closes as soon as the first one fails; TensorStore
+  still completes the others, and each completion, scheduling its callback on that closed loop
+  from a native thread, raises 'Event loop is closed' into sys.unraisablehook: a traceback per
+  file, hundreds, after the one error that matters. Only those are dropped (anything else goes to
+  the previous hook), and the filter is in place before Orbax runs, as the completions can come
+  before the error reaches the caller.
+  """
+  global _previous_unraisablehook
+  if sys.unraisablehook is not _drop_late_tensorstore_callbacks:
+    _previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _drop_late_tensorstore_callbacks
+
+
+def _restore_item(mngr: ocp.CheckpointManager, step: int, item: str, args: Any) -> Any:
+  """mngr.restore of one item (checked by the caller); a failure is one line."""
+  step_dir = pathlib.Path(mngr.directory) / str(step)
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+  except Exception as e:  # pylint: disable=broad-exception-caught  (Orbax re-raises TensorStore's
+    # read errors as a bare Exception; what follows names the cause in one line either way)
+    if has_manifest(step_dir):
+      # The files are those that were written: other code or another config, not damage.
+      raise CheckpointError(f"{step_dir}: cannot restore {item}, although its files match their "
+                            f"manifest ({_root_cause(e)})") from None
+    raise DamagedCheckpointError(step_dir, item,
+                                 f"cannot be restored ({_root_cause(e)})") from None
+
+
+@contextlib.contextmanager
+def _naming_newest_intact():
+  """For commands that read one checkpoint: a damaged one also names the step to use instead."""
+  try:
+    yield
+  except DamagedCheckpointError as e:
+    raise e.naming_newest_intact() from None
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
   return metrics[BEST_METRIC]
 
 
+def _unreadable_metrics(directory: pathlib.Path) -> Optional[DamagedCheckpointError]:
+  """The first step under `directory` whose metrics file is not JSON (Orbax reads every step's
+  when a manager opens, and fails on such a file)."""
+  name = ocp.checkpoint_manager.METRIC_ITEM_NAME
+  for step_dir in sorted(p for p in directory.iterdir() if p.name.isdigit()):
+    path = step_dir / name / name
+    try:
+      if path.is_file():
+        json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      return DamagedCheckpointError(step_dir, f"{name}/{name}", f"unreadable ({_first_line(e)})")
+  return None
+
+
+def _set_aside(error: DamagedCheckpointError) -> None:
+  """Moves a damaged step aside (process 0, the others wait) and says so in one warning."""
+  moved = move_aside(error.step_dir) if jax.process_index() == 0 else None
+  ocp.multihost.sync_global_processes(f"ttsr_moved_aside_{error.step_dir.name}")
+  logging.warning("%s; %s, trying the previous checkpoint", error,
+                  f"moved it aside to {moved}" if moved else "process 0 moves it aside")
+
+
 def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (WORKDIR/checkpoints) keeping the `keep` latest
-  checkpoints and the best by PSNR."""
+  checkpoints and the best by PSNR.
+
+  A step whose metrics are not JSON stops Orbax from opening the directory: a manager that writes
+  (training's) moves such a step aside (`_set_aside`), a read-only one raises
+  DamagedCheckpointError.
+  """
+  _install_late_callback_filter()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                            best_fn=_best_metric, best_mode="max")
@@ -77,15 +286,43 @@ def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.
     options = ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max",
                                            preservation_policy=policy,
                                            enable_async_checkpointing=False)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+  directory = pathlib.Path(directory).absolute()
+  while True:
+    try:
+      return ocp.CheckpointManager(directory, options=options)
+    except ValueError:  # json.JSONDecodeError, among others
+      damaged = _unreadable_metrics(directory)
+      if damaged is None:
+        raise
+      if read_only:
+        raise damaged.naming_newest_intact() from None
+      _set_aside(damaged)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: step_lib.TrainState,
          config: ml_collections.ConfigDict, metrics: Optional[dict[str, float]] = None) -> None:
-  """Saves the state and config of `step`, and its evaluation `metrics` if it was evaluated."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          config=ocp.args.JsonSave(config.to_dict())),
-            metrics=metrics, force=True)
+  """Saves the state and config of `step`, and its evaluation `metrics` if it was evaluated, then
+  the step's manifest.
+
+  Raises:
+    CheckpointError: the save failed (a full disk, no permission). Orbax writes into a temporary
+      directory and removes old steps only after the commit, so the earlier checkpoints are as
+      they were.
+  """
+  step_dir = pathlib.Path(mngr.directory) / str(step)
+  try:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(config.to_dict())),
+              metrics=metrics, force=True)
+    # After the save returns, every process's files are committed (Orbax's barrier).
+    if jax.process_index() == 0:
+      write_manifest(step_dir)
+  except (OSError, ValueError) as e:  # TensorStore's write errors are ValueErrors
+    kept = ", ".join(str(s) for s in mngr.all_steps() if s != step) or "none"
+    raise CheckpointError(
+        f"{step_dir}: cannot save the checkpoint of step {step} ({_root_cause(e)}); the earlier "
+        f"checkpoints (steps: {kept}) are as they were: free space or fix the permissions of "
+        f"{mngr.directory}, then relaunch to resume from the latest") from None
 
 
 def abstract_train_state(config: ml_collections.ConfigDict,
@@ -104,12 +341,17 @@ def abstract_train_state(config: ml_collections.ConfigDict,
 
 
 def _restore_config(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  return _restore_item(mngr, step, "config", ocp.args.JsonRestore())
 
 
 def stored_config(directory: PathLike, step: int) -> dict[str, Any]:
-  """The experiment config saved with checkpoint `step` under `directory`, nested, as JSON."""
-  with manager(directory, read_only=True) as mngr:
+  """The experiment config saved with checkpoint `step` under `directory`, nested, as JSON.
+
+  Raises:
+    DamagedCheckpointError: the config's files are damaged (naming the newest intact step).
+  """
+  with _naming_newest_intact(), manager(directory, read_only=True) as mngr:
+    verify(pathlib.Path(directory) / str(step), ("config",))
     return _restore_config(mngr, step)
 
 
@@ -141,9 +383,13 @@ def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.Confi
   """The TrainState of `step`, replicated over `mesh`, and that step's evaluation metrics.
 
   Raises:
-    CheckpointError: the checkpoint was written with another model config (named fields).
+    DamagedCheckpointError: the step's files differ from its manifest, or it has none and does
+      not restore.
+    CheckpointError: the checkpoint was written with another model config (named fields), or its
+      intact files do not restore (other code).
   """
   where = pathlib.Path(mngr.directory) / str(step)
+  verify(where)
   stored = _restore_config(mngr, step)
   differences = model_differences(stored, config)
   if differences:
@@ -151,8 +397,43 @@ def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.Confi
         f"{where}: written by a run with another model config ({'; '.join(differences)}); "
         "use another --workdir, or set these fields as the checkpoint has them")
   target = abstract_train_state(config, mesh)
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  return state["state"], mngr.metrics(step)
+  state = _restore_item(mngr, step, "state", ocp.args.StandardRestore(target))
+  return state, mngr.metrics(step)
+
+
+def read_state(directory: PathLike, step: int, config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh) -> tuple[step_lib.TrainState, Optional[dict[str, float]]]:
+  """`restore` of one checkpoint under `directory`, read-only; a damaged one is reported with the
+  newest intact step of the directory."""
+  with _naming_newest_intact(), manager(directory, read_only=True) as mngr:
+    return restore(mngr, step, config, mesh)
+
+
+def restore_latest_intact(
+    mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> Optional[tuple[step_lib.TrainState, Optional[dict[str, float]]]]:
+  """`restore` of the latest checkpoint that is not damaged; None when there is none at all.
+
+  Each damaged checkpoint on the way is reported in one warning (step, file, reason) and moved
+  aside (`move_aside`), so that no later run takes it for the latest.
+
+  Raises:
+    CheckpointError: every checkpoint was damaged (all moved aside), or one of another model.
+  """
+  damaged = []
+  while (step := mngr.latest_step()) is not None:
+    try:
+      return restore(mngr, step, config, mesh)
+    except DamagedCheckpointError as e:
+      damaged.append(step)
+      _set_aside(e)
+      mngr.reload()
+  if damaged:
+    raise CheckpointError(
+        f"{mngr.directory}: no intact checkpoint left (steps {', '.join(map(str, damaged))} were "
+        f"damaged and are moved aside as <step>{DAMAGED_SUFFIX}): relaunching trains from step 0; "
+        "to resume instead, put an intact copy of a step back first")
+  return None
 
 
 def _location(path: pathlib.Path) -> tuple[pathlib.Path, Optional[int]]:
@@ -251,7 +532,8 @@ def _restore_generator(path: pathlib.Path,
                        flags: dict[str, Any]) -> tuple[Params, dict[str, Any]]:
   directory, step = locate(path, str(path))
   where = directory / str(step)
-  with manager(directory, read_only=True) as mngr:
+  with _naming_newest_intact(), manager(directory, read_only=True) as mngr:
+    verify(where, ("state", "config"))
     config = _restore_config(mngr, step)
     stored = config.get("model") if isinstance(config, dict) else None
     if not isinstance(stored, dict) or any(k not in stored for k in ARCHITECTURE_KEYS):
@@ -261,15 +543,11 @@ def _restore_generator(path: pathlib.Path,
     model_config["num_res_blocks"] = tuple(model_config["num_res_blocks"])
     model_config = _merge_flags(path, model_config, flags)
     target = abstract_generator_params(model_config)
-    try:
-      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item={"g_params": target},
-          restore_args=ocp.checkpoint_utils.construct_restore_args({"g_params": target}),
-          partial_restore=True)))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise CheckpointError(f"{where}: cannot restore state/g_params ({first_line})") from None
-  params = restored["state"]["g_params"]
+    restored = _restore_item(mngr, step, "state", ocp.args.PyTreeRestore(
+        item={"g_params": target},
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"g_params": target}),
+        partial_restore=True))
+  params = restored["g_params"]
   _check_shapes(where, params, target, model_config)
   return params, model_config
 

@@ -230,6 +230,7 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
 
   Raises:
     ReportError: no workdir holds events, a checkpoint or an evaluation file.
+    checkpoint.DamagedCheckpointError: a checkpoint the report reads is damaged.
   """
   workdirs = [pathlib.Path(w) for w in workdirs]
   runs = [runs_lib.load_run(w, name) for w, name in zip(workdirs, _run_names(workdirs))]
@@ -245,6 +246,8 @@ def write_report(workdirs: Sequence[PathLike], out: PathLike,
     try:
       sample_paths[run.name] = render_samples(run, out / "samples" / plots.slug(run.name),
                                               num_samples, cufed_dir)
+    except checkpoint.DamagedCheckpointError:
+      raise  # stops the report (one line in `main`), unlike a missing checkpoint
     except (checkpoint.CheckpointError, files.DatasetError) as e:
       run.problems.append(f"no samples: {e}")
   plot_paths = plots.plot_curves(runs, out / "plots")
@@ -334,12 +337,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """The command line; returns the exit status (0 written, 1 nothing to report, 2 bad flags)."""
+  """The command line; returns the exit status (0 written, 1 nothing to report or a damaged
+  checkpoint, 2 bad flags)."""
   args = _parser().parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax reports every restore at INFO
   try:
     readme, runs = write_report(args.workdir, args.out, args.num_samples, args.cufed_dir)
-  except ReportError as e:
+  except (ReportError, checkpoint.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   for run in runs:

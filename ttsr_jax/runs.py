@@ -139,6 +139,8 @@ def load_run(workdir: PathLike, name: str) -> Run:
 
   try:
     directory, latest = checkpoint.locate(run.workdir, "latest")
+  except checkpoint.DamagedCheckpointError:
+    raise  # stops the report, unlike a missing checkpoint
   except checkpoint.CheckpointError as e:
     run.problems.append(f"{e}; no stored config, device count or samples for this run")
   else:

@@ -3,8 +3,9 @@ metrics.
 
 `train_and_evaluate(config, workdir)` trains as the reference does: `num_init_epochs` warm-up
 epochs with the reconstruction loss only, then `num_epochs` main epochs, evaluating on CUFED5
-every `eval_every` main epochs and after the last. It resumes from WORKDIR/checkpoints by
-itself. The input pipeline's batches are a function of (seed, epoch, batch index), so a run
+every `eval_every` main epochs and after the last. It resumes from the latest intact checkpoint
+of WORKDIR/checkpoints by itself, moving damaged ones aside (`checkpoint.restore_latest_intact`).
+The input pipeline's batches are a function of (seed, epoch, batch index), so a run
 resumed at step k continues exactly as the uninterrupted run would.
 
 `evaluate(config, workdir, checkpoint)` restores a checkpoint onto the current devices and
@@ -221,8 +222,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
     The last evaluation's metrics ({} if the run stopped before any).
 
   Raises:
-    TrainError: a set-up problem (missing weights, a checkpoint of another model) or a
-      non-finite loss (NonFiniteLossError); the workdir keeps the last good checkpoint.
+    TrainError: a set-up problem (missing weights) or a non-finite loss (NonFiniteLossError); the
+      workdir keeps the last good checkpoint.
+    checkpoint.CheckpointError: a checkpoint of another model, no intact checkpoint left (the
+      damaged ones moved aside), or a save that failed (the earlier checkpoints kept).
   """
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
@@ -252,16 +255,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   preemption = _Preemption()
   profiler = StepProfiler(workdir / "tensorboard", config.profile_steps)
   try:
-    latest = mngr.latest_step()
-    if latest is None:
+    restored = checkpoint.restore_latest_intact(mngr, config, mesh)
+    if restored is None:
       init = jax.jit(lambda vgg: step_lib.create_train_state(config, vgg, steps_per_epoch),
                      out_shardings=sharding.replicated(mesh))
       state, last_eval = init(vgg_params), {}
       writer.write_hparams(checkpoint.flat_config(config.to_dict()))
     else:
-      state, last_eval = checkpoint.restore(mngr, latest, config, mesh)
-      last_eval = last_eval or {}
-      logging.info("Resuming from %s", workdir / checkpoint.CHECKPOINT_DIR / str(latest))
+      state, last_eval = restored[0], restored[1] or {}
+      logging.info("Resuming from %s",
+                   workdir / checkpoint.CHECKPOINT_DIR / str(mngr.latest_step()))
     step = int(jax.device_get(state.step))
     train_steps = _compile_train_steps(config, steps_per_epoch, mesh, state, vgg_params,
                                        first_step=step, total_steps=total_steps)
@@ -383,8 +386,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
   workdir = pathlib.Path(workdir)
   directory, step = checkpoint.locate(workdir, which)
   mesh = sharding.make_mesh()
-  with checkpoint.manager(directory, read_only=True) as mngr:
-    state, _ = checkpoint.restore(mngr, step, config, mesh)
+  state, _ = checkpoint.read_state(directory, step, config, mesh)
   results, _ = _make_evaluator(config)(state.g_params)
   logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
   if jax.process_index() == 0:
