@@ -24,12 +24,13 @@ def default_directory() -> pathlib.Path:
 
 
 def enable() -> Optional[str]:
-  """Turns the persistent cache on in `default_directory()` unless the environment chose.
+  """Turns the persistent cache on in `default_directory()` unless a directory was chosen
+  already (JAX_COMPILATION_CACHE_DIR, or `jax.config` in the calling program).
 
   Returns:
     The cache directory in use, or None when the cache is off.
   """
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  if jax.config.jax_compilation_cache_dir is None:
     jax.config.update("jax_compilation_cache_dir", str(default_directory()))
   if not jax.config.jax_enable_compilation_cache:
     return None

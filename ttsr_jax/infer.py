@@ -27,6 +27,7 @@ from PIL import Image
 from data_pipeline import files
 from data_pipeline import samples
 from ttsr_jax import checkpoint
+from ttsr_jax import compile_cache
 from ttsr_jax import explain
 from ttsr_jax import predict
 from ttsr_jax import tiling
@@ -68,12 +69,13 @@ def check_sizes(lr_path: pathlib.Path, lr_shape: Sequence[int], ref_shape: Seque
   height, width = lr_shape[:2]
   out_pixels = SCALE * height * SCALE * width
   if out_pixels > max_pixels:
-    raise InferError(f"{lr_path}: LR of {height}x{width} gives a {SCALE * height}x{SCALE * width} "
-                     f"output ({out_pixels:,} pixels), above --max_pixels {max_pixels:,}; "
+    raise InferError(f"{lr_path}: LR of {width} x {height} gives a {SCALE * width} x "
+                     f"{SCALE * height} output ({out_pixels:,} pixels), above --max_pixels "
+                     f"{max_pixels:,}; "
                      "raise --max_pixels if this size is intended")
   ref_height, ref_width = ref_shape[:2]
   if ref_height * ref_width > max_pixels:
-    raise InferError(f"{lr_path}: its reference is {ref_height}x{ref_width} "
+    raise InferError(f"{lr_path}: its reference is {ref_width} x {ref_height} "
                      f"({ref_height * ref_width:,} pixels), above --max_pixels {max_pixels:,}; "
                      "raise --max_pixels if this size is intended (the reference is not tiled: "
                      "its memory grows with its size)")
@@ -213,10 +215,16 @@ def run(jobs: Sequence[Job], model: TTSR, params: Params, *, compare: bool = Fal
                                                                  images["ref"])
     height, width = lr.shape[:2]
     ref_height, ref_width = images["ref"].shape[:2]
-    print(f"[{i}/{len(jobs)}] {job.lr.name}: LR {height}x{width}, ref {ref_height}x{ref_width} "
-          f"({len(job.refs)} file{'s' * (len(job.refs) > 1)}) -> {job.out} "
-          f"{result.sr.shape[0]}x{result.sr.shape[1]} in {time.perf_counter() - start:.2f} s",
-          flush=True)
+    sources = "1 file" if len(job.refs) == 1 else f"{len(job.refs)} files stitched"
+    written = [f"{job.out} {result.sr.shape[1]} x {result.sr.shape[0]}"]
+    for key, path in paths.items():
+      if key != "sr":
+        low_high = explain.confidence_range(result.s) if key == "confidence" else None
+        written.append(f"{path.name}" + (f" (S {low_high[0]:.3f} to {low_high[1]:.3f})"
+                                         if low_high else ""))
+    print(f"[{i}/{len(jobs)}] {job.lr.name}: LR {width} x {height}, reference {ref_width} x "
+          f"{ref_height} from {sources} -> {', '.join(written)} in "
+          f"{time.perf_counter() - start:.2f} s", flush=True)
 
 
 def _num_res_blocks(text: str) -> tuple[int, ...]:
@@ -323,6 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   exporting = bool(argv) and argv[0] == "export"
   args = (_export_parser() if exporting else _infer_parser()).parse_args(argv[exporting:])
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax reports every restore at INFO
+  compile_cache.enable()
   try:
     if exporting:
       model_config = checkpoint.export_generator(args.checkpoint, args.out,
