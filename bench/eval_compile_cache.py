@@ -33,9 +33,9 @@ NUM_SOURCES = 8  # skimage photos, each cut into 2 x 2 tiles
 
 def write_photos(out: pathlib.Path, seed: int = 0) -> list[pathlib.Path]:
   """32 JPEG photos under `out`: the four 2 x 2 tiles of each of eight skimage photos (no two
-  share a pixel), each rescaled (bicubic) to a shorter side drawn from 240..360 (make_pairs needs 229 on
-  the longer side for its default 160 x 160 patches), in a folder per
-  source photo (a make_pairs group)."""
+  share a pixel), each rescaled (bicubic) to a shorter side drawn from 240..360 (make_pairs
+  needs 229 on the longer side for its 160 x 160 patches), in a folder per source photo (a
+  make_pairs group)."""
   rng = np.random.default_rng(seed)
   written = []
   for name, pixels in list(make_demo.load_photos().items())[:NUM_SOURCES]:

@@ -283,3 +283,18 @@ def test_command_keeps_the_sets_scored_before_an_error_and_skips_missing_sets(
   assert [k for k in record if k.endswith("/psnr")] == ["level1/psnr", "urban100/psnr"]
   assert [line.split(" | ")[1] for line in captured.out.splitlines()[4:]] == ["level1",
                                                                                "urban100"]
+
+
+def test_command_ctrl_c_keeps_the_scored_sets(root, tmp_path, capsys, monkeypatch):
+  def interrupted(pair, sizes="crop"):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(testsets, "read_pair", interrupted)  # Urban100, after CUFED5's level 1
+  out = tmp_path / "results.json"
+  args = ["--checkpoint", _state_dict(tmp_path), "--cufed_dir", root / "CUFED", "--test_dir",
+          root / "testsets", "--sets", "cufed5,urban100", "--out", out]
+  assert eval_checkpoint.main([str(a) for a in args]) == 130
+  captured = capsys.readouterr()
+  assert "interrupted" in captured.err.splitlines()
+  assert json.loads(out.read_text())["images"] == {"level1": 1}
+  assert [line.split(" | ")[1] for line in captured.out.splitlines()[4:]] == ["level1"]
