@@ -9,9 +9,8 @@ references stitched); 'sun80', 'urban100', 'manga109', 'wrsr' (one reference eac
 
 Test images keep their own sizes (batch 1), so the model is compiled once per input shape; the
 compiled functions live as long as the `Evaluator` (and, with `ttsr_jax.compile_cache` on, on
-disk for later runs). With several processes, image i is evaluated
-by process i % process_count and the scores are gathered, so every process returns the same
-numbers.
+disk for later runs). With several processes, image i is evaluated by process i % process_count
+and the scores are gathered, so every process returns the same numbers.
 """
 
 import dataclasses
