@@ -216,15 +216,15 @@ def run(jobs: Sequence[Job], model: TTSR, params: Params, *, compare: bool = Fal
     height, width = lr.shape[:2]
     ref_height, ref_width = images["ref"].shape[:2]
     sources = "1 file" if len(job.refs) == 1 else f"{len(job.refs)} files stitched"
-    written = [f"{job.out} {result.sr.shape[1]} x {result.sr.shape[0]}"]
-    for key, path in paths.items():
-      if key != "sr":
-        low_high = explain.confidence_range(result.s) if key == "confidence" else None
-        written.append(f"{path.name}" + (f" (S {low_high[0]:.3f} to {low_high[1]:.3f})"
-                                         if low_high else ""))
+    extras = {key: path.name for key, path in paths.items() if key != "sr"}
+    if "confidence" in extras:
+      low, high = explain.confidence_range(result.s)
+      extras["confidence"] += f" (S {low:.3f} to {high:.3f})"
+    written = ", ".join([f"{job.out} {result.sr.shape[1]} x {result.sr.shape[0]}",
+                         *extras.values()])
     print(f"[{i}/{len(jobs)}] {job.lr.name}: LR {width} x {height}, reference {ref_width} x "
-          f"{ref_height} from {sources} -> {', '.join(written)} in "
-          f"{time.perf_counter() - start:.2f} s", flush=True)
+          f"{ref_height} from {sources} -> {written} in {time.perf_counter() - start:.2f} s",
+          flush=True)
 
 
 def _num_res_blocks(text: str) -> tuple[int, ...]:
