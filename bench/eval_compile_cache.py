@@ -7,8 +7,9 @@ Makes a folder of 32 photos of varied sizes (`write_photos`: the 2 x 2 tiles of 
 photos, each tile rescaled to its own size, one group per photo), turns it into a CUFED-layout
 dataset with `make_pairs` (32 test groups) and evaluates it with `python -m
 ttsr_jax.eval_checkpoint` three times, each in a new process: with the cache off, with an empty
-cache, and again with that cache filled. Prints the wall time of each, the number of distinct
-(LR, reference) input sizes and whether the three gave the same numbers. Without --checkpoint the
+cache, and again with that cache filled. Prints the wall time and the CPU time of each (the CPU
+time hardly depends on other jobs sharing the cores), the number of distinct (LR, reference)
+input sizes and whether the three gave the same numbers. Without --checkpoint the
 model is configs/demo.py's, randomly initialised: compilation does not depend on the weights.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -67,23 +69,28 @@ def _random_demo_checkpoint(path: pathlib.Path) -> pathlib.Path:
 
 
 def _evaluate(checkpoint: pathlib.Path, cufed_dir: pathlib.Path, out: pathlib.Path,
-              cache: str | None) -> float:
+              cache: str | None, num_images: int) -> tuple[float, float]:
+  """(wall seconds, CPU seconds of the child process) of one eval_checkpoint run."""
   env = dict(os.environ)
   if cache is None:
     env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   else:
     env["JAX_COMPILATION_CACHE_DIR"] = cache
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.perf_counter()
   subprocess.run([sys.executable, "-m", "ttsr_jax.eval_checkpoint", "--checkpoint",
-                  str(checkpoint), "--cufed_dir", str(cufed_dir), "--out", str(out)],
-                 env=env, check=True, stdout=subprocess.DEVNULL)
-  return time.perf_counter() - start
+                  str(checkpoint), "--cufed_dir", str(cufed_dir), "--out", str(out),
+                  "--num_images", str(num_images)],
+                 env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  wall = time.perf_counter() - start
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def _distinct_sizes(cufed_dir: pathlib.Path) -> int:
+def _distinct_sizes(cufed_dir: pathlib.Path, num_images: int) -> int:
   from data_pipeline import cufed5  # pylint: disable=import-outside-toplevel
-  return len({(batch["lr"].shape, batch["ref"].shape)
-              for _, batch in cufed5.level_samples(cufed_dir, 1)})
+  batches = list(cufed5.level_samples(cufed_dir, 1))[:num_images or None]
+  return len({(batch["lr"].shape, batch["ref"].shape) for _, batch in batches})
 
 
 def main() -> None:
@@ -95,6 +102,8 @@ def main() -> None:
                       "(default: a temporary one)")
   parser.add_argument("--photos_only", action="store_true",
                       help="write the photos and the dataset only")
+  parser.add_argument("--num_images", type=int, default=0,
+                      help="evaluate the first N test images only (0: all 32)")
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as temporary:
     work = args.work or pathlib.Path(temporary)
@@ -109,15 +118,15 @@ def main() -> None:
     cache = work / "xla_cache"
     if cache.exists():
       sys.exit(f"{cache} exists; the cold run needs an empty cache")
-    print(f"{_distinct_sizes(cufed_dir)} distinct (LR, reference) input sizes "
-          "in 32 test images", flush=True)
+    print(f"{_distinct_sizes(cufed_dir, args.num_images)} distinct (LR, reference) input sizes "
+          f"in {args.num_images or 32} test images", flush=True)
     runs = {"cache off": None, "empty cache": str(cache), "filled cache": str(cache)}
     records = {}
     for name, directory in runs.items():
       out = work / f"results_{name.replace(' ', '_')}.json"
-      seconds = _evaluate(checkpoint, cufed_dir, out, directory)
+      wall, cpu = _evaluate(checkpoint, cufed_dir, out, directory, args.num_images)
       records[name] = json.loads(out.read_text())
-      print(f"{name}: {seconds:.1f} s", flush=True)
+      print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     scores = [{k: v for k, v in r.items() if k.endswith(("psnr", "ssim"))}
               for r in records.values()]
     print("same numbers in all three runs:", all(s == scores[0] for s in scores))
