@@ -38,13 +38,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _OrbaxFilter(py_logging.Filter):
-  """Drops Orbax's INFO records (several per save or restore) and its warning for checkpoints
-  saved without metrics (those between evaluations, by design); other warnings pass."""
+  """Drops Orbax's INFO records (several per save or restore) and its warnings for checkpoints
+  saved without metrics (those between evaluations) and for the read-only checkpoint directory
+  of --mode=eval, both by design; other warnings pass."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     if f"{os.sep}orbax{os.sep}" not in record.pathname:
       return True
-    return record.levelno > py_logging.INFO and "did not provide metrics" not in record.getMessage()
+    message = record.getMessage()
+    return (record.levelno > py_logging.INFO and "did not provide metrics" not in message
+            and "Given directory is read only" not in message)
 
 
 def _warn_if_cpu_only(config) -> None:
