@@ -6,6 +6,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from configs import default
 from data_pipeline import files
 from data_pipeline import samples
 from data_pipeline import testsets
+from ttsr_jax import compile_cache
 from ttsr_jax import convert
 from ttsr_jax import eval_checkpoint
 from ttsr_jax import evaluate
@@ -298,3 +300,17 @@ def test_command_ctrl_c_keeps_the_scored_sets(root, tmp_path, capsys, monkeypatc
   assert "interrupted" in captured.err.splitlines()
   assert json.loads(out.read_text())["images"] == {"level1": 1}
   assert [line.split(" | ")[1] for line in captured.out.splitlines()[4:]] == ["level1"]
+
+
+def test_compile_cache_keeps_a_chosen_directory_else_uses_the_user_cache(tmp_path, monkeypatch):
+  chosen = jax.config.jax_compilation_cache_dir
+  assert chosen and compile_cache.enable() == chosen  # conftest's choice is kept
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert compile_cache.enable() == str(tmp_path / "ttsr_jax" / "xla")
+    jax.config.update("jax_enable_compilation_cache", False)
+    assert compile_cache.enable() is None
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", chosen)
