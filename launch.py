@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from data_pipeline import files
 from ttsr_jax import checkpoint
+from ttsr_jax import compile_cache
 from ttsr_jax import train
 from ttsr_jax.models import precision
 
@@ -81,9 +82,15 @@ def main(argv: list[str]) -> None:
                                num_processes=config.distributed.num_processes,
                                process_id=config.distributed.process_id)
   logging.get_absl_handler().addFilter(_OrbaxFilter())
-  logging.info("JAX process %d of %d, %d local devices of %d (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.default_backend())
+  # JAX reports at INFO each backend it looked for and did not find ("Unable to initialize
+  # backend 'tpu' ... libtpu.so"), which reads like a fault on a healthy CPU or GPU machine;
+  # its warnings (a GPU without a CUDA-enabled jaxlib) still show.
+  py_logging.getLogger("jax._src.xla_bridge").setLevel(py_logging.WARNING)
+  cache = compile_cache.enable()
+  logging.info("JAX process %d of %d, %d local devices of %d (%s); compiled programs %s",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.default_backend(),
+               f"cached in {cache}" if cache else "not cached")
   _warn_if_cpu_only(config)
   try:
     if FLAGS.mode == "train":

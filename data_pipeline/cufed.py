@@ -8,14 +8,32 @@ padding, the pair's index in sorted-name order and the input's file name.
 
 import dataclasses
 import logging
+import os
 import pathlib
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
 from data_pipeline import files
 from data_pipeline import samples
+
+
+class _QuietTfds(logging.Filter):
+  """Drops TFDS's INFO and WARNING records. For this local builder they describe TFDS's
+  machinery, not the data ('Using custom data configuration' for every patch size but 160,
+  'Variant folder ... has no dataset_info.json' before a first preparation, each file read);
+  its errors pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.ERROR
+            or f"{os.sep}tensorflow_datasets{os.sep}" not in record.pathname)
+
+
+# TFDS logs through absl, whose records all go to the 'absl' logger.
+logging.getLogger("absl").addFilter(_QuietTfds())
 
 
 def _png(size: int) -> tfds.features.Image:
@@ -56,6 +74,15 @@ class Cufed(tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/researchmm/TTSR",
     )
 
+  # TFDS prints 'Downloading and preparing dataset Unknown size' before preparing and a
+  # 'downloaded' line after, though nothing is downloaded; the progress bar and `prepare`'s
+  # caller say what happens instead.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager
                         ) -> dict[str, Iterator[tuple[int, dict]]]:
     return {"train": self._generate_examples(files.train_pairs(dl_manager.manual_dir))}
@@ -64,7 +91,9 @@ class Cufed(tfds.core.GeneratorBasedBuilder):
                          ) -> Iterator[tuple[int, dict]]:
     patch = self.builder_config.patch_size
     cropped = {"input": 0, "ref": 0}
-    for index, (input_path, ref_path) in enumerate(pairs):
+    progress = tqdm.tqdm(pairs, desc=f"preparing {patch} x {patch} training pairs", unit="pair",
+                         file=sys.stderr, dynamic_ncols=True)
+    for index, (input_path, ref_path) in enumerate(progress):
       hr = files.read_rgb(input_path, min_size=patch)
       ref = files.read_rgb(ref_path, min_size=samples.SCALE)
       cropped["input"] += max(hr.shape[:2]) > patch
@@ -72,10 +101,13 @@ class Cufed(tfds.core.GeneratorBasedBuilder):
       example = samples.make_train_sample(
           samples.center_crop(hr, patch), samples.center_crop(ref, patch), patch)
       yield index, {**example, "index": index, "name": input_path.name}
+    # A patch smaller than the stored pairs is a config's choice (configs/demo.py trains on
+    # 32 x 32 crops of 160 x 160 pairs), and the few larger images of a collection need nothing
+    # from the user either, so this is information, not a warning.
     for kind, count in cropped.items():
       if count:
-        logging.warning("%d of %d training %s images were larger than %dx%d and centre-cropped",
-                        count, len(pairs), kind, patch, patch)
+        logging.info("%d of %d training %s images were larger than %dx%d and centre-cropped",
+                     count, len(pairs), kind, patch, patch)
 
 
 def builder(data_dir: str | pathlib.Path,
@@ -112,6 +144,7 @@ def prepare(cufed_dir: str | pathlib.Path, data_dir: str | pathlib.Path | None =
   """
   files.train_pairs(cufed_dir)
   prepared = builder(data_dir or default_data_dir(cufed_dir), patch_size)
+  tfds.display_progress_bar(False)  # its bars for splits and shuffling; ours counts the pairs
   prepared.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(cufed_dir)))
   return prepared

@@ -68,7 +68,7 @@ def read_rgb(path: str | pathlib.Path, min_size: int = 1) -> np.ndarray:
   height, width = pixels.shape[:2]
   if height < min_size or width < min_size:
     raise DatasetError(
-        f"{path}: image is {height}x{width}, expected at least {min_size}x{min_size}")
+        f"{path}: image is {width} x {height}, expected at least {min_size} x {min_size}")
   return pixels
 
 

@@ -1,7 +1,7 @@
 r"""Makes a small dataset in CUFED layout from the photos that ship inside scikit-image.
 
   python -m data_pipeline.make_demo --out DIR [--train_pairs 480] [--patch_size 160] \
-      [--test_groups 9] [--test_size 240] [--seed 0] [--tiny] [--no_prepare]
+      [--test_groups 9] [--test_size 240] [--seed 0] [--tiny]
 
 The rules are those of `data_pipeline.pairs` (the engine of `make_pairs`, for any photo folder):
 each photo is its own group except the two views of the stereo motorcycle, an aligned group. So a
@@ -15,7 +15,7 @@ similarity:
   3: a window of the same photo that does not overlap the test image,
   4, 5: windows of two other photos.
 DIR must be new or empty, or hold the same command's earlier output (then nothing is rewritten).
-Unless --no_prepare, the `cufed` TFDS dataset is then prepared in DIR/tfds.
+Training prepares the TFDS dataset of the patch size its config reads, on first use.
 """
 
 import argparse
@@ -70,14 +70,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--tiny", action="store_true",
                       help="a few 32x32 pairs and 48-pixel test images, for tests "
                            f"(overrides {', '.join(_TINY)})")
-  parser.add_argument("--no_prepare", action="store_true", help="skip the TFDS preparation")
   args = parser.parse_args(argv)
   sizes = {key: getattr(args, key) for key in _TINY} | (_TINY if args.tiny else {})
   out = make_demo(args.out, seed=args.seed, **sizes)
-  if not args.no_prepare:
-    from data_pipeline import cufed  # pylint: disable=import-outside-toplevel  # imports TF
-    cufed.prepare(out, patch_size=sizes["patch_size"])
-  print(f"demo dataset in {out}" + ("" if args.no_prepare else f", prepared in {out / 'tfds'}"))
+  print(f"demo dataset in {out}")
 
 
 if __name__ == "__main__":

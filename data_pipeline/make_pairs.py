@@ -2,7 +2,7 @@ r"""Makes a CUFED-layout dataset from a folder of your own photos (for training 
 
   python -m data_pipeline.make_pairs --photos DIR --out DIR [--patch_size 160] \
       [--pairs_per_photo 10] [--test_fraction 0.3] [--test_groups N] [--test_size 240] \
-      [--max_side 0] [--similar [--vgg19_weights FILE]] [--seed 0] [--no_prepare]
+      [--max_side 0] [--similar [--vgg19_weights FILE]] [--seed 0]
 
 Photos are JPEG, PNG, WebP (also BMP, TIFF) files of any size and mode at any depth under
 --photos; a subfolder is a group of related photos (an event, like CUFED's albums), a photo
@@ -15,8 +15,8 @@ VGG19 texture statistics, so that a folder of unrelated photos still gets meanin
 The rules are those of the demo (`data_pipeline.pairs`, docs/data.md). Unreadable, too small and
 duplicate files are skipped and listed at the end. The same photos and seed give byte-identical
 files. DIR (--out) must be new or empty (or hold this command's earlier output with the same
-settings, which is then kept); it appears only once complete. Unless --no_prepare, the
-`cufed` TFDS dataset is then prepared in DIR/tfds.
+settings, which is then kept); it appears only once complete. Training prepares the TFDS dataset
+of the patch size its config reads, on first use.
 """
 
 import argparse
@@ -87,7 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="side photos are resized to for --similar")
   parser.add_argument("--seed", type=int, default=0,
                       help="seeds every draw: the same photos and seed give the same files")
-  parser.add_argument("--no_prepare", action="store_true", help="skip the TFDS preparation")
   args = parser.parse_args(argv)
   if args.patch_size % samples.SCALE:
     parser.error(f"--patch_size {args.patch_size}: expected a multiple of {samples.SCALE}")
@@ -135,15 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     _report_skipped(skipped)
     print(f"error: {error}", file=sys.stderr)
     return 1
-  if not args.no_prepare:
-    from data_pipeline import cufed  # pylint: disable=import-outside-toplevel  # imports TF
-    cufed.prepare(out, patch_size=args.patch_size)
   _report_skipped(skipped)
   groups = len({p.group for p in photos})
   test_groups = args.test_groups or len(photos)
   print(f"{len(photos)} photos in {groups} groups: {args.pairs_per_photo * len(photos)} training "
-        f"pairs and {test_groups} test groups in {out}"
-        + ("" if args.no_prepare else f", prepared in {out / 'tfds'}"))
+        f"pairs and {test_groups} test groups in {out}")
   return 0
 
 

@@ -361,9 +361,9 @@ def find_photos(photos_dir: str | os.PathLike, *, patch_size: int,
       continue
     height, width = pixels.shape[:2]
     if not _Bands(height, width, test_fraction).fits(patch_size, patch_size, train=True):
-      skipped.append(f"{path}: photo is {height}x{width}, expected at least {patch_size} on the "
-                     f"shorter side and {long_side} on the longer (a {patch_size}x{patch_size} "
-                     f"patch in the first {1 - test_fraction:.0%})")
+      skipped.append(f"{path}: photo is {width} x {height}, expected at least {patch_size} on "
+                     f"the shorter side and {long_side} on the longer (a {patch_size} x "
+                     f"{patch_size} patch in the first {1 - test_fraction:.0%})")
       continue
     digest = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
     if digest in seen:

@@ -68,7 +68,7 @@ def test_page_outputs(engine, demo_result, tmp_path):
   assert pathlib.Path(outputs["download"]).name == "0_x4.png"
   assert pathlib.Path(outputs["download"]).parent.parent == tmp_path
   height, width = result.lr.shape[:2]
-  assert f"LR {height}x{width} -> output {4 * height}x{4 * width}" in outputs["status"]
+  assert f"LR {width} x {height} -> output {4 * width} x {4 * height}" in outputs["status"]
   # A second request of the demo pair's sizes reused the programs the first one compiled.
   np.testing.assert_array_equal(sr, demo_result.prediction.sr)
   assert predict.tile_function(engine.model)._cache_size() == compiled
@@ -151,8 +151,8 @@ def test_explorer_clips_the_patch_at_the_reference_corner():
     ("corrupt", "image: corrupt.png: unreadable or truncated image"),
     ("empty", "image: empty.png: unreadable or truncated image"),
     ("text", "image: notes.txt: unreadable or truncated image"),
-    ("small_ref", "reference: small.png: image is 8x8, expected at least 12x12"),
-    ("too_large", "image: LR of 125x88 gives a 500x352 output (176,000 pixels), above "
+    ("small_ref", "reference: small.png: image is 8 x 8, expected at least 12 x 12"),
+    ("too_large", "image: LR of 125 x 88 gives a 500 x 352 output (176,000 pixels), above "
                   "--max_pixels 100,000"),
     ("no_image", "no image: upload a low-resolution image"),
     ("no_reference", "no reference: upload one or several reference photos"),

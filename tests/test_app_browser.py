@@ -117,7 +117,7 @@ def test_app_in_a_browser(server, tmp_path):
     _run(page, DEMO_LR)
     page.wait_for_selector("#output img", timeout=REQUEST_TIMEOUT_MS)
     lr_h, lr_w = Image.open(DEMO_LR).size[::-1]
-    assert f"LR {lr_h}x{lr_w} -> output {4 * lr_h}x{4 * lr_w}" in page.inner_text("#status")
+    assert f"LR {lr_w} x {lr_h} -> output {4 * lr_w} x {4 * lr_h}" in page.inner_text("#status")
     assert _fetch(page, page.locator("#output img").get_attribute("src")).shape == \
         (4 * lr_h, 4 * lr_w, 3)
 

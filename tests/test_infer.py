@@ -113,7 +113,7 @@ def test_case_b_output_is_the_reference_png(case_b_files, tmp_path, capsys):
   code, stdout, _ = _main(["--checkpoint", weights, "--lr", lr, "--ref", ref, "--out", out],
                           capsys)
   assert code == 0
-  assert "LR 36x52, ref 148x108" in stdout and "144x208" in stdout
+  assert "LR 52 x 36, reference 108 x 148 from 1 file" in stdout and "sr.png 208 x 144" in stdout
   np.testing.assert_array_equal(_read_png(out), want)
 
 
@@ -201,8 +201,10 @@ def test_folders_pair_by_name_and_stitch_several_references(tiny_npz, tiny_param
                              tmp_path / "ref", "--out", out, "--compare"], capsys)
   assert code == 0, err
   lines = stdout.splitlines()
-  assert lines[0].startswith("[1/2] a.png: LR 6x5, ref 20x16 (1 file)")
-  assert lines[1].startswith("[2/2] b.png: LR 6x5, ref 1000x500 (2 files)")
+  assert lines[0].startswith(f"[1/2] a.png: LR 5 x 6, reference 16 x 20 from 1 file -> "
+                             f"{out / 'a.png'} 20 x 24, a_compare.png in ")
+  assert lines[1].startswith(f"[2/2] b.png: LR 5 x 6, reference 500 x 1000 from 2 files stitched "
+                             f"-> {out / 'b.png'} 20 x 24, b_compare.png in ")
   assert {p.name for p in out.iterdir()} == {"a.png", "b.png", "a_compare.png", "b_compare.png"}
   model = TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE)
   for lr, refs in ((lr_a, [ref_a]), (lr_b, refs_b)):
@@ -219,7 +221,7 @@ def test_several_reference_files_for_one_image(tiny_npz, pair, tmp_path, capsys)
   code, stdout, err = _main(["--checkpoint", tiny_npz, "--lr", lr, "--ref", ref, ref,
                              "--out", tmp_path / "sr.png"], capsys)
   assert code == 0, err
-  assert "ref 1000x500 (2 files)" in stdout
+  assert "reference 500 x 1000 from 2 files stitched" in stdout
 
 
 # --- bad input: one line each, naming the thing --------------------------------------------------
@@ -255,10 +257,10 @@ def _bad_inputs(tmp: pathlib.Path, tiny_npz: pathlib.Path, workdir: pathlib.Path
                              "nope.npz: checkpoint not found"),
       "not an image": (infer_args(tiny_npz, not_image, ref), "notes.png: unreadable or truncated"),
       "LR too large": (infer_args(tiny_npz, lr, ref, "--max_pixels", 400),
-                       "lr.png: LR of 6x5 gives a 24x20 output (480 pixels), above "
+                       "lr.png: LR of 5 x 6 gives a 20 x 24 output (480 pixels), above "
                        "--max_pixels 400"),
       "reference too small": (infer_args(tiny_npz, lr, tiny_ref),
-                              "tiny_ref.png: image is 11x30, expected at least 12x12"),
+                              "tiny_ref.png: image is 30 x 11, expected at least 12 x 12"),
       "empty folder": (infer_args(tiny_npz, tmp / "empty", tmp / "refs"),
                        "empty: directory is empty"),
       "unmatched names": (infer_args(tiny_npz, tmp / "lrs", tmp / "refs"),
@@ -345,8 +347,12 @@ def test_tiles_show_progress_and_a_shared_reference_is_prepared_once(tiny_npz, t
   model = TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE)
   want = predict.super_resolve(model, tiny_params, predict.prepare_inputs(_read_png(lr),
                                                                           _read_png(ref)),
-                               tile=16, halo=1).sr
-  np.testing.assert_array_equal(_read_png(tmp_path / "out" / "b.png"), want)
+                               tile=16, halo=1)
+  np.testing.assert_array_equal(_read_png(tmp_path / "out" / "b.png"), want.sr)
+  # The line names every file written and the range of S that the confidence colours span.
+  assert stdout.splitlines()[1].split(" -> ")[1].startswith(
+      f"{tmp_path / 'out' / 'b.png'} 20 x 24, b_confidence.png (S {want.s.min():.3f} to "
+      f"{want.s.max():.3f}), b_correspondence.png in ")
 
 
 def test_a_failure_leaves_no_output_file(tiny_npz, pair, tmp_path, capsys, monkeypatch):
@@ -366,8 +372,8 @@ def test_size_limits_are_one_line_errors(tiny_npz, pair, tmp_path, capsys):
   lr, ref = pair
   tiny_lr = _write_png(tmp_path / "tiny_lr.png", _random_image((2, 7), 3))
   cases = {
-      "LR too small": (["--lr", tiny_lr, "--ref", ref], "tiny_lr.png: image is 2x7, expected at "
-                       "least 3x3"),
+      "LR too small": (["--lr", tiny_lr, "--ref", ref], "tiny_lr.png: image is 7 x 2, expected at "
+                       "least 3 x 3"),
       "tile inside its halo": (["--lr", lr, "--ref", ref, "--tile", 64, "--halo", 8],
                                "--tile 64: a tile of 16 LR pixels has no room inside its halo of "
                                "8 LR pixels on each side; expected --tile of at least 68"),

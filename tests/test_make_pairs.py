@@ -66,7 +66,7 @@ def write_collection(root: pathlib.Path) -> None:
 def run(photos: pathlib.Path, out: pathlib.Path, *extra: str) -> int:
   return make_pairs.main(["--photos", str(photos), "--out", str(out), "--patch_size", str(PATCH),
                           "--pairs_per_photo", str(PAIRS_PER_PHOTO), "--test_size",
-                          str(TEST_SIZE), "--seed", "5", "--no_prepare", *extra])
+                          str(TEST_SIZE), "--seed", "5", *extra])
 
 
 def tree_digest(root: pathlib.Path) -> str:
@@ -139,7 +139,7 @@ def test_layout_and_skip_list(made, collection):
   assert [line.split(":")[0] for line in skipped] == [str(collection / n) for n in SKIPPED]
   assert "unreadable or truncated image" in skipped[0]
   assert skipped[1].endswith(f"same pixels as {collection / 'seven.png'}")
-  assert "photo is 10x10, expected at least 16 on the shorter side and 23" in skipped[2]
+  assert "photo is 10 x 10, expected at least 16 on the shorter side and 23" in skipped[2]
   assert "7 photos in 5 groups" in printed
   assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no scratch left
 

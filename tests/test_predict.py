@@ -90,12 +90,14 @@ def test_confidence_image_decodes_to_the_models_s(whole):
   height, width = (predict.SCALE * n for n in prediction.s.shape)
   heat = image[predict.CAPTION_HEIGHT:, :width].astype(np.int64)
   assert image.shape[0] == predict.CAPTION_HEIGHT + height
-  # Nearest colour of the map -> S to within half a colour step.
-  distances = ((heat[:, :, None, :] - explain.S_COLOURS[None, None].astype(np.int64)) ** 2).sum(-1)
-  decoded = distances.argmin(-1) / 255
+  # The colours span S's own range: each pixel is the colour of its S's step on that range
+  # (compared as colours: some neighbouring viridis steps round to the same uint8 colour).
+  low, high = explain.confidence_range(prediction.s)
+  assert (low, high) == (prediction.s.min(), prediction.s.max()) and 0.0 < low < high <= 1.0
   s_at_output = prediction.s.repeat(predict.SCALE, axis=0).repeat(predict.SCALE, axis=1)
-  assert np.abs(decoded - s_at_output).max() <= 0.5 / 255 + 1e-6
-  assert 0.0 < prediction.s.min() < prediction.s.max() <= 1.0
+  steps = np.round(255 * (s_at_output.astype(np.float64) - low) / (high - low)).astype(int)
+  np.testing.assert_array_equal(heat, explain.S_COLOURS[steps])
+  assert (steps.min(), steps.max()) == (0, 255)
 
 
 def test_correspondence_colours_decode_to_the_index(whole, images):
@@ -109,6 +111,13 @@ def test_correspondence_colours_decode_to_the_index(whole, images):
   index_at_output = prediction.index.repeat(predict.SCALE, axis=0).repeat(predict.SCALE, axis=1)
   np.testing.assert_array_equal(decoded, index_at_output)
   assert len(np.unique(prediction.index)) > 1
+  # The last panel is the key: the wheel at the reference's size, apart from its labels.
+  key_hw = tuple(predict.SCALE * n for n in prediction.grid_hw)
+  key = image[predict.CAPTION_HEIGHT:, -key_hw[1]:]
+  wheel_pixels = explain.wheel_colours(prediction.grid_hw).repeat(predict.SCALE, axis=0).repeat(
+      predict.SCALE, axis=1)
+  if key.shape[0] == key_hw[0]:  # the reference is as tall as the output: no resize
+    assert (key == wheel_pixels).all(-1).mean() > 0.8
 
 
 def test_panels_put_captions_above_images_of_one_height():

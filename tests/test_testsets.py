@@ -6,6 +6,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from configs import default
 from data_pipeline import files
 from data_pipeline import samples
 from data_pipeline import testsets
+from ttsr_jax import compile_cache
 from ttsr_jax import convert
 from ttsr_jax import eval_checkpoint
 from ttsr_jax import evaluate
@@ -152,17 +154,24 @@ def test_results_table_lists_each_set_and_protocol_with_bicubic():
   results = {f"{name}/{score}": value for name, base in
              (("level1", 26.0), ("multi_reference", 27.0), ("sun80", 30.0), ("manga109", 28.0))
              for score, value in zip(evaluate.SCORES, (base, 0.8, base - 2, 0.7))}
-  table = evaluate.results_table(evaluate.evaluate_record(config, results, checkpoint="c"))
+  images = {"level1": 126, "multi_reference": 126, "sun80": 80, "manga109": 109}
+  table = evaluate.results_table(evaluate.evaluate_record(config, results, images, checkpoint="c"))
   assert table[0].startswith("Metric 'mmagic': Y channel, 4 pixels shaved per side; sides not "
                              "multiples of 4 cropped at the bottom and right")
+  assert table[2] == ("| set | protocol | images | reference | PSNR | SSIM | bicubic PSNR | "
+                      "bicubic SSIM |")
   assert table[4:] == [
-      "| CUFED5 | level1 | its level-1 reference | 26.000 | 0.8000 | 24.000 | 0.7000 |",
-      "| CUFED5 | multi_reference | its five references stitched (2500 x 500) | 27.000 | 0.8000 | "
-      "25.000 | 0.7000 |",
-      "| Sun80 | sun80 | one of its web references, drawn (seed 7) | 30.000 | 0.8000 | 28.000 | "
-      "0.7000 |",
-      "| Manga109 | manga109 | another image of the set, drawn (seed 7) | 28.000 | 0.8000 | "
+      "| CUFED5 | level1 | 126 | its level-1 reference | 26.000 | 0.8000 | 24.000 | 0.7000 |",
+      "| CUFED5 | multi_reference | 126 | its five references stitched (2500 x 500) | 27.000 | "
+      "0.8000 | 25.000 | 0.7000 |",
+      "| Sun80 | sun80 | 80 | one of its web references, drawn (seed 7) | 30.000 | 0.8000 | "
+      "28.000 | 0.7000 |",
+      "| Manga109 | manga109 | 109 | another image of the set, drawn (seed 7) | 28.000 | 0.8000 | "
       "26.000 | 0.7000 |"]
+  # Records written before the counts were recorded show a dash.
+  old_record = evaluate.evaluate_record(config, results, images)
+  del old_record["images"]
+  assert evaluate.results_table(old_record)[4].startswith("| CUFED5 | level1 | — | its level-1")
 
 
 def test_command_evaluates_every_set_from_a_state_dict(root, tmp_path, capsys):
@@ -179,6 +188,8 @@ def test_command_evaluates_every_set_from_a_state_dict(root, tmp_path, capsys):
   names = ["level1", "sun80", "urban100", "manga109", "wrsr"]
   assert [k[:-len("/psnr")] for k in record if k.endswith("/psnr")] == names
   assert record["checkpoint"] == str(state_dict) and record["eval"]["sets"] == args[7]
+  assert record["step"] is None and record["protocol"] == "ttsr"  # a state dict has no step
+  assert record["images"] == {"level1": 1, "sun80": 2, "urban100": 2, "manga109": 3, "wrsr": 1}
   table = captured.out.splitlines()
   assert [line.split(" | ")[1] for line in table[4:]] == names
   # Bicubic beside each: the upsampled LR input under the same ('ttsr') metric.
@@ -205,10 +216,101 @@ def test_report_shows_the_combined_table_of_eval_files(tmp_path):
   results = {f"{name}/{score}": 20.0 for name in ("urban100", "wrsr") for score in evaluate.SCORES}
   workdir = tmp_path / "run"
   workdir.mkdir()
-  record = evaluate.evaluate_record(config, results, checkpoint="ckpt/7", step=7)
+  record = evaluate.evaluate_record(config, results, {"urban100": 100, "wrsr": 80},
+                                    checkpoint="ckpt/7", step=7)
   (workdir / "eval_7.json").write_text(json.dumps(record))
   readme, _ = report.write_report([workdir], tmp_path / "report", num_samples=0)
   text = readme.read_text()
   assert "Results table of `ckpt/7` (run):" in text
   for line in evaluate.results_table(record):
     assert line in text.splitlines()
+
+
+def _state_dict(tmp_path: pathlib.Path) -> pathlib.Path:
+  path = tmp_path / "tiny.npz"
+  np.savez(path, **convert.export_state_dict(random_params()))
+  return path
+
+
+def test_command_decodes_every_image_before_evaluating(root, tmp_path, capsys):
+  broken = _copy(root, tmp_path)
+  truncated = broken / "Urban100" / "HR" / "img001.png"
+  truncated.write_bytes(truncated.read_bytes()[:200])
+  (broken / "WR-SR" / "ref" / "001_ref.png").write_bytes(b"not an image")
+  out = tmp_path / "results.json"
+  args = ["--checkpoint", _state_dict(tmp_path), "--cufed_dir", root / "CUFED", "--test_dir",
+          broken, "--sets", "cufed5,sun80,urban100,wrsr", "--out", out]
+  assert eval_checkpoint.main([str(a) for a in args]) == 1
+  captured = capsys.readouterr()
+  errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+  assert [line.split(": ")[1] for line in errors[:2]] == [
+      str(truncated), str(broken / "WR-SR" / "ref" / "001_ref.png")]
+  assert errors[2] == ("error: 2 of 10 test image files cannot be used; replace or remove them "
+                       "(nothing was evaluated)")
+  # CUFED5 level 1: 2 files; Sun80: 2 images and their drawn references; Urban100 2; WR-SR 2.
+  # Stopped before the first model call: no set was scored, no progress bar started.
+  assert not out.exists() and captured.out == "" and "eval level1" not in captured.err
+
+
+def test_command_keeps_the_sets_scored_before_an_error_and_skips_missing_sets(
+    root, tmp_path, capsys, monkeypatch):
+  test_dir = _copy(root, tmp_path)
+  shutil.rmtree(test_dir / "Sun80")
+  out = tmp_path / "results.json"
+  args = ["--checkpoint", _state_dict(tmp_path), "--cufed_dir", root / "CUFED", "--test_dir",
+          test_dir, "--sets", "cufed5,sun80,urban100,wrsr", "--out", out]
+  assert eval_checkpoint.main([str(a) for a in args]) == 1  # Sun80 is missing
+  assert capsys.readouterr().err.startswith(f"error: {test_dir / 'Sun80'}")
+
+  # A file that breaks after the decode check (here: WR-SR's input, read third) fails the run
+  # while it evaluates; what was scored before is in the table and the JSON.
+  read_pair = testsets.read_pair
+
+  def failing_read_pair(pair, sizes="crop"):
+    if pair.hr.parent.name == "input":
+      raise files.DatasetError(f"{pair.hr}: unreadable")
+    return read_pair(pair, sizes)
+
+  monkeypatch.setattr(testsets, "read_pair", failing_read_pair)
+  assert eval_checkpoint.main([str(a) for a in [*args, "--skip_missing"]]) == 1
+  captured = capsys.readouterr()
+  err = captured.err.splitlines()
+  assert err[0] == (f"skipped Sun80: {test_dir / 'Sun80' / testsets.SUN80_IMAGES}: directory "
+                    "not found, expected a directory of images")
+  assert f"error: {test_dir / 'WR-SR' / 'input' / '001.png'}: unreadable" in err
+  record = json.loads(out.read_text())
+  assert record["eval"]["sets"] == "cufed5,urban100,wrsr"
+  assert record["images"] == {"level1": 1, "urban100": 2}
+  assert list(record["skipped"]) == ["sun80"]
+  assert [k for k in record if k.endswith("/psnr")] == ["level1/psnr", "urban100/psnr"]
+  assert [line.split(" | ")[1] for line in captured.out.splitlines()[4:]] == ["level1",
+                                                                               "urban100"]
+
+
+def test_command_ctrl_c_keeps_the_scored_sets(root, tmp_path, capsys, monkeypatch):
+  def interrupted(pair, sizes="crop"):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(testsets, "read_pair", interrupted)  # Urban100, after CUFED5's level 1
+  out = tmp_path / "results.json"
+  args = ["--checkpoint", _state_dict(tmp_path), "--cufed_dir", root / "CUFED", "--test_dir",
+          root / "testsets", "--sets", "cufed5,urban100", "--out", out]
+  assert eval_checkpoint.main([str(a) for a in args]) == 130
+  captured = capsys.readouterr()
+  assert "interrupted" in captured.err.splitlines()
+  assert json.loads(out.read_text())["images"] == {"level1": 1}
+  assert [line.split(" | ")[1] for line in captured.out.splitlines()[4:]] == ["level1"]
+
+
+def test_compile_cache_keeps_a_chosen_directory_else_uses_the_user_cache(tmp_path, monkeypatch):
+  chosen = jax.config.jax_compilation_cache_dir
+  assert chosen and compile_cache.enable() == chosen  # conftest's choice is kept
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert compile_cache.enable() == str(tmp_path / "ttsr_jax" / "xla")
+    jax.config.update("jax_enable_compilation_cache", False)
+    assert compile_cache.enable() is None
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", chosen)

@@ -251,9 +251,9 @@ def summary(result: Result) -> str:
   """Markdown: sizes and time, the references picked, and the scores with `downscale`."""
   lr_h, lr_w = result.lr.shape[:2]
   ref_h, ref_w = result.ref.shape[:2]
-  lines = [f"LR {lr_h}x{lr_w} -> output {SCALE * lr_h}x{SCALE * lr_w}, reference {ref_h}x{ref_w} "
-           f"(height x width), in {result.seconds:.2f} s (the first request of new sizes "
-           "includes compiling the model for them)"]
+  lines = [f"LR {lr_w} x {lr_h} -> output {SCALE * lr_w} x {SCALE * lr_h}, reference "
+           f"{ref_w} x {ref_h} (width x height), in {result.seconds:.2f} s (the first request of "
+           "new sizes includes compiling the model for them)"]
   if result.picked:
     lines.append("references picked from the pool (relevance): " + ", ".join(
         f"{name} ({score:.3f})" for name, score in result.picked))

@@ -7,9 +7,14 @@ r"""The paper's results table for one checkpoint, without a training workdir.
 Every `config.eval` field of configs/default.py is a flag of the same name and default (lists
 comma-separated: `--levels 1,2`); docs/data.md ("Test sets") says what each choice means and where
 it comes from. The checkpoint is a reference state dict (.pt/.pth, needs torch; or .npz of the same
-keys) or one of our Orbax checkpoints, read as `python -m ttsr_jax.infer` reads it. Prints the
-table (markdown) on stdout, a progress bar per protocol on stderr, and writes --out as
-eval_<step>.json is written (checkpoint, `config.eval` values, results).
+keys) or one of our Orbax checkpoints, read as `python -m ttsr_jax.infer` reads it.
+
+Every image file is decoded before the model first runs (one line per bad file). The table
+(markdown) goes to stdout, a progress bar per protocol to stderr, and --out is written as
+eval_<step>.json is (checkpoint, step, `config.eval` values, images per protocol, results), again
+after each protocol, so an error or Ctrl-C keeps what was scored. --skip_missing goes on without
+the sets whose files are missing, naming them. Compiled programs persist across runs
+(`ttsr_jax.compile_cache`).
 """
 
 import argparse
@@ -26,6 +31,7 @@ import ml_collections
 from configs import default
 from data_pipeline import files
 from ttsr_jax import checkpoint
+from ttsr_jax import compile_cache
 from ttsr_jax import evaluate
 
 
@@ -53,7 +59,11 @@ def _parser(eval_defaults: ml_collections.ConfigDict) -> argparse.ArgumentParser
   parser.add_argument("--cufed_dir", default=default.get_config().data.cufed_dir,
                       help="CUFED root holding test/CUFED5 (default: %(default)s)")
   parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="also write the record as JSON (as eval_<step>.json)")
+                      help="also write the record as JSON (as eval_<step>.json), updated after "
+                      "each protocol")
+  parser.add_argument("--skip_missing", action="store_true",
+                      help="evaluate the sets that are present and name the ones whose files are "
+                      "missing, instead of stopping")
   for key in eval_defaults:
     kind = eval_defaults.get_type(key)
     parse = {bool: _parse_bool, tuple: _parse_ints}.get(kind, kind)
@@ -75,29 +85,91 @@ def eval_config(args: argparse.Namespace,
   return config
 
 
+def _step(path: pathlib.Path) -> tuple[str, Optional[int]]:
+  """The checkpoint as recorded and its training step (None for a state dict, which has none)."""
+  if not path.is_dir():
+    return str(path), None
+  directory, step = checkpoint.locate(path, str(path))
+  return str(directory / str(step)), step
+
+
+def _without_missing_sets(config: ml_collections.ConfigDict, evaluator: evaluate.Evaluator
+                          ) -> tuple[evaluate.Evaluator, dict[str, str]]:
+  """An evaluator of the sets of `config.eval.sets` that are present, and the others' reasons."""
+  missing = evaluator.missing_sets()
+  kept = [s for s in evaluate.parse_sets(config.eval.sets) if s not in missing]
+  if not kept:
+    raise files.MissingDataError("no test set is present: " + "; ".join(missing.values()))
+  if missing:
+    config.eval.sets = ",".join(kept)
+    evaluator = evaluate.Evaluator(config)
+  return evaluator, missing
+
+
+def _write_json(path: pathlib.Path, record: dict[str, Any]) -> None:
+  """Writes through a temporary file, so an interrupted write leaves the previous record."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(f".{path.name}.partial")
+  partial.write_text(json.dumps(record, indent=2))
+  partial.replace(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """The command line; returns the exit status (0 done, 1 user error, 2 bad flags)."""
+  """The command line; returns the exit status (0 done, 1 user error, 2 bad flags, 130 Ctrl-C)."""
   args = _parser(default.get_config().eval).parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax reports every restore at INFO
+  cache = compile_cache.enable()
+  skipped: dict[str, str] = {}
   try:
     params, model_config = checkpoint.load_generator(args.checkpoint, res_scale=args.res_scale)
+    checkpoint_name, step = _step(args.checkpoint)
     config = eval_config(args, model_config)
     evaluator = evaluate.Evaluator(config)  # ValueError: eval values it cannot evaluate
+    if args.skip_missing:
+      evaluator, skipped = _without_missing_sets(config, evaluator)
     evaluator.check_data()
   except (checkpoint.CheckpointError, files.DatasetError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  for test_set, reason in skipped.items():
+    print(f"skipped {evaluate.SET_TITLES[test_set]}: {reason}", file=sys.stderr)
+  checked, problems = evaluator.check_images(progress=True)
+  for problem in problems:
+    print(f"error: {problem}", file=sys.stderr)
+  if problems:
+    print(f"error: {len(problems)} of {checked} test image files cannot be used; replace or "
+          "remove them (nothing was evaluated)", file=sys.stderr)
+    return 1
+  print(f"{checked} test image files decode; compiled models are "
+        + (f"kept in {cache} for later runs" if cache else "not cached (cache off)"),
+        file=sys.stderr)
+
+  extra = {"checkpoint": checkpoint_name, "step": step}
+  if skipped:
+    extra["skipped"] = skipped
+  scored: dict[str, float] = {}
+
+  def keep(results: dict[str, float]) -> None:
+    scored.update(results)
+    if args.out is not None:
+      _write_json(args.out, evaluate.evaluate_record(config, scored, evaluator.images, **extra))
+
+  status = 0
   try:
-    results, _ = evaluator(jax.device_put(params))
+    evaluator(jax.device_put(params), on_protocol=keep)
   except files.DatasetError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
-  record = evaluate.evaluate_record(config, results, checkpoint=str(args.checkpoint))
-  if args.out is not None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-  print("\n".join(evaluate.results_table(record)))
-  return 0
+    status = 1
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    status = 130
+  if status and scored:
+    print(f"the {len(evaluator.images)} protocols scored before are below"
+          + (f" and in {args.out}" if args.out is not None else ""), file=sys.stderr)
+  if scored:
+    print("\n".join(evaluate.results_table(
+        evaluate.evaluate_record(config, scored, evaluator.images, **extra))))
+  return status
 
 
 if __name__ == "__main__":

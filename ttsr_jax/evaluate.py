@@ -8,15 +8,16 @@ references stitched); 'sun80', 'urban100', 'manga109', 'wrsr' (one reference eac
 `config.eval` says; docs/data.md, "Test sets").
 
 Test images keep their own sizes (batch 1), so the model is compiled once per input shape; the
-compiled functions live as long as the `Evaluator`. With several processes, image i is evaluated
-by process i % process_count and the scores are gathered, so every process returns the same
-numbers.
+compiled functions live as long as the `Evaluator` (and, with `ttsr_jax.compile_cache` on, on
+disk for later runs). With several processes, image i is evaluated by process i % process_count
+and the scores are gathered, so every process returns the same numbers.
 """
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+import pathlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -27,6 +28,7 @@ import tqdm
 
 from data_pipeline import cufed5
 from data_pipeline import files
+from data_pipeline import samples
 from data_pipeline import testsets
 from ttsr_jax import metrics as metrics_lib
 from ttsr_jax import predict
@@ -66,9 +68,11 @@ SET_TITLES = {"cufed5": "CUFED5", "sun80": "Sun80", "urban100": "Urban100",
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """A test set with its choice of references; `open()` lists the files at once and returns the
-  number of images and the (image name, batch) iterator that reads them."""
+  number of images and the (image name, batch) iterator that reads them; `image_files()` lists
+  every image file the protocol reads."""
   name: str  # the result keys' prefix
   open: Callable[[], tuple[int, Iterator[tuple[str, Batch]]]]
+  image_files: Callable[[], list[pathlib.Path]]
 
 
 def parse_sets(text: str) -> list[str]:
@@ -118,16 +122,19 @@ def results_table(record: Mapping[str, Any]) -> list[str]:
 
   Args:
     record: an evaluation record as `evaluate_record` makes it (eval_<step>.json): the results
-      ('sun80/psnr', ...) and the `config.eval` values under 'eval'.
+      ('sun80/psnr', ...), the `config.eval` values under 'eval' and the images scored per
+      protocol under 'images' (shown as '—' in records written before it was recorded).
   """
-  settings = record.get("eval", {})
+  settings, counts = record.get("eval", {}), record.get("images", {})
   names = [key[:-len("/psnr")] for key in record if key.endswith("/psnr")]
-  rows = [[SET_TITLES.get(protocol_set(name), name), name, describe_reference(name, settings),
+  rows = [[SET_TITLES.get(protocol_set(name), name), name, str(counts.get(name, "—")),
+           describe_reference(name, settings),
            *(f"{record[f'{name}/{score}']:.{4 if score.endswith('ssim') else 3}f}"
              for score in SCORES)] for name in names]
   sizes = ("cropped at the bottom and right" if settings.get("sizes", "crop") == "crop" else
            "edge-padded for the model, scored whole")
-  header = ["set", "protocol", "reference", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM"]
+  header = ["set", "protocol", "images", "reference", "PSNR", "SSIM", "bicubic PSNR",
+            "bicubic SSIM"]
   return [f"Metric {describe_metric(settings)}; sides not multiples of 4 {sizes} (CUFED5: "
           "cropped, as the reference). Bicubic: the bicubic-upsampled LR input, same metric.", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -135,10 +142,12 @@ def results_table(record: Mapping[str, Any]) -> list[str]:
 
 
 def evaluate_record(config: ml_collections.ConfigDict, results: Mapping[str, float],
-                    **extra: Any) -> dict[str, Any]:
+                    images: Mapping[str, int], **extra: Any) -> dict[str, Any]:
   """What eval_<step>.json holds: `extra` (checkpoint, step), the metric protocol, the
-  `config.eval` values under 'eval' and the results."""
-  return {**extra, "protocol": config.eval.protocol, "eval": config.eval.to_dict(), **results}
+  `config.eval` values under 'eval', the images scored per protocol (`Evaluator.images`) and the
+  results."""
+  return {**extra, "protocol": config.eval.protocol, "eval": config.eval.to_dict(),
+          "images": dict(images), **results}
 
 
 class Evaluator:
@@ -174,6 +183,9 @@ class Evaluator:
     self._sr = predict.sr_function(model)
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique
+    self._compiled_shapes: set[tuple[tuple[int, ...], ...]] = set()
+    # Images scored per protocol by the last call.
+    self.images: dict[str, int] = {}
 
   def _make_protocols(self) -> list[Protocol]:
     e, cufed_dir = self._config.eval, self._config.data.cufed_dir
@@ -181,11 +193,18 @@ class Evaluator:
     def cufed(samples_fn: Callable[[], Iterator[tuple[str, Batch]]]):
       return lambda: (len(files.cufed5_groups(cufed_dir)), samples_fn())
 
+    def cufed_files(levels: Sequence[int]):
+      return lambda: [path for group in files.cufed5_groups(cufed_dir)
+                      for path in (group.hr, *(group.refs[level - 1] for level in levels))]
+
     def listed(pairs_fn: Callable[[], list[testsets.Pair]]):
       def open_set():
         pairs = pairs_fn()
         return len(pairs), testsets.batches(pairs, e.sizes)
       return open_set
+
+    def listed_files(pairs_fn: Callable[[], list[testsets.Pair]]):
+      return lambda: [path for pair in pairs_fn() for path in (pair.hr, pair.ref) if path]
 
     readers = {
         "sun80": lambda: testsets.sun80_pairs(e.test_dir, e.sun80_reference, e.reference_seed),
@@ -197,14 +216,17 @@ class Evaluator:
     protocols = []
     for test_set in self._sets:
       if test_set != "cufed5":
-        protocols.append(Protocol(test_set, listed(readers[test_set])))
+        protocols.append(Protocol(test_set, listed(readers[test_set]),
+                                  listed_files(readers[test_set])))
         continue
       protocols += [Protocol(f"level{level}",
-                             cufed(lambda level=level: cufed5.level_samples(cufed_dir, level)))
+                             cufed(lambda level=level: cufed5.level_samples(cufed_dir, level)),
+                             cufed_files([level]))
                     for level in e.levels]
       if e.multi_reference:
         protocols.append(Protocol(MULTI_REFERENCE,
-                                  cufed(lambda: cufed5.multi_reference_samples(cufed_dir))))
+                                  cufed(lambda: cufed5.multi_reference_samples(cufed_dir)),
+                                  cufed_files(range(1, files.NUM_LEVELS + 1))))
     return protocols
 
   def protocols(self) -> list[Protocol]:
@@ -220,18 +242,59 @@ class Evaluator:
     for protocol in self._protocols:
       protocol.open()
 
-  def __call__(self, g_params: Params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  def missing_sets(self) -> dict[str, str]:
+    """The test sets with missing files (an absent folder, image or reference), each with the
+    first such problem found; the others pass `check_data`."""
+    missing = {}
+    for protocol in self._protocols:
+      test_set = protocol_set(protocol.name)
+      if test_set not in missing:
+        try:
+          protocol.open()
+        except files.MissingDataError as e:
+          missing[test_set] = str(e)
+    return missing
+
+  def check_images(self, progress: bool = False) -> tuple[int, list[str]]:
+    """Decodes every image file the protocols read, so that a bad file stops a run before the
+    first model call rather than after some sets were scored.
+
+    Returns:
+      The number of files checked, and one line per file that cannot be used (path and reason,
+      as `files.read_rgb` says it).
+    """
+    paths = list(dict.fromkeys(path for protocol in self._protocols
+                               for path in protocol.image_files()))
+    problems = []
+    for path in tqdm.tqdm(paths, unit="image", desc="decode check", disable=not progress):
+      try:
+        files.read_rgb(path, min_size=samples.SCALE)
+      except files.DatasetError as e:
+        problems.append(str(e))
+    return len(paths), problems
+
+  def __call__(self, g_params: Params,
+               on_protocol: Optional[Callable[[dict[str, float]], None]] = None,
+               ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Mean scores ('level1/psnr', 'sun80/bicubic_ssim', ...) and image grids by name.
 
-    `g_params` may be replicated over any mesh; each process evaluates with its first copy.
+    Args:
+      g_params: generator parameters, possibly replicated over any mesh; each process evaluates
+        with its first copy.
+      on_protocol: called with the results so far after each protocol, so that a caller can
+        keep what was scored before a later protocol fails or is interrupted.
     """
     params = jax.tree_util.tree_map(lambda x: x.addressable_data(0), g_params)
     self._evaluations += 1
+    self.images = {}
     results, grids = {}, {}
     for protocol in self._protocols:
       scores = self._scores(protocol, params, grids)
       results.update({f"{protocol.name}/{key}": float(np.mean(scores[:, i]))
                       for i, key in enumerate(SCORES)})
+      self.images[protocol.name] = len(scores)
+      if on_protocol is not None:
+        on_protocol(dict(results))
     return results, grids
 
   def _metric(self, sr: np.ndarray, hr: np.ndarray) -> tuple[float, float]:
@@ -255,7 +318,15 @@ class Evaluator:
       if i % count != index:
         rows.append(np.full(len(SCORES), np.nan))
         continue
-      sr = np.asarray(self._sr(params, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr"))))
+      inputs = [batch[k] for k in ("lr", "lrsr", "ref", "refsr")]
+      shapes = (inputs[0].shape, inputs[2].shape)
+      if shapes not in self._compiled_shapes:
+        # Each new size compiles the model (seconds on a CPU); say so rather than look stuck.
+        progress.set_postfix_str(f"new size LR {shapes[0][2]} x {shapes[0][1]}, ref "
+                                 f"{shapes[1][2]} x {shapes[1][1]}: compiling")
+        self._compiled_shapes.add(shapes)
+      sr = np.asarray(self._sr(params, *inputs))
+      progress.set_postfix_str(f"{len(self._compiled_shapes)} sizes compiled")
       # Inputs padded to multiples of 4 ('pad' sizes) give outputs larger than the target.
       height, width = batch["hr"].shape[1:3]
       sr = sr[:, :height, :width]

@@ -28,6 +28,7 @@ from PIL import Image
 
 from data_pipeline import files
 from ttsr_jax import checkpoint
+from ttsr_jax import compile_cache
 from ttsr_jax import demo_model
 from ttsr_jax import explain
 from ttsr_jax import predict
@@ -212,9 +213,15 @@ def run(jobs: Sequence[Job], model: TTSR, params: Params, *, compare: bool = Fal
                                                                  images["ref"])
     height, width = lr.shape[:2]
     ref_height, ref_width = images["ref"].shape[:2]
-    print(f"[{i}/{len(jobs)}] {job.lr.name}: LR {height}x{width}, ref {ref_height}x{ref_width} "
-          f"({len(job.refs)} file{'s' * (len(job.refs) > 1)}) -> {job.out} "
-          f"{result.sr.shape[0]}x{result.sr.shape[1]} in {time.perf_counter() - start:.2f} s",
+    sources = "1 file" if len(job.refs) == 1 else f"{len(job.refs)} files stitched"
+    extras = {key: path.name for key, path in paths.items() if key != "sr"}
+    if "confidence" in extras:
+      low, high = explain.confidence_range(result.s)
+      extras["confidence"] += f" (S {low:.3f} to {high:.3f})"
+    written = ", ".join([f"{job.out} {result.sr.shape[1]} x {result.sr.shape[0]}",
+                         *extras.values()])
+    print(f"[{i}/{len(jobs)}] {job.lr.name}: LR {width} x {height}, reference {ref_width} x "
+          f"{ref_height} from {sources} -> {written} in {time.perf_counter() - start:.2f} s",
           flush=True)
 
 
@@ -329,6 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   exporting = bool(argv) and argv[0] == "export"
   args = (_export_parser() if exporting else _infer_parser()).parse_args(argv[exporting:])
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax reports every restore at INFO
+  compile_cache.enable()
   try:
     if exporting:
       model_config = checkpoint.export_generator(args.checkpoint, args.out,

@@ -87,12 +87,12 @@ def check_sizes(lr_shape: Sequence[int], ref_shape: Sequence[int], max_pixels: i
   height, width = lr_shape[:2]
   out_pixels = SCALE * height * SCALE * width
   if out_pixels > max_pixels:
-    raise SizeError(f"LR of {height}x{width} gives a {SCALE * height}x{SCALE * width} "
+    raise SizeError(f"LR of {width} x {height} gives a {SCALE * width} x {SCALE * height} "
                     f"output ({out_pixels:,} pixels), above --max_pixels {max_pixels:,}; "
                     "raise --max_pixels if this size is intended")
   ref_height, ref_width = ref_shape[:2]
   if ref_height * ref_width > max_pixels:
-    raise SizeError(f"its reference is {ref_height}x{ref_width} "
+    raise SizeError(f"its reference is {ref_width} x {ref_height} "
                     f"({ref_height * ref_width:,} pixels), above --max_pixels {max_pixels:,}; "
                     "raise --max_pixels if this size is intended (the reference is not tiled: "
                     "its memory grows with its size)")

@@ -387,11 +387,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
   directory, step = checkpoint.locate(workdir, which)
   mesh = sharding.make_mesh()
   state, _ = checkpoint.read_state(directory, step, config, mesh)
-  results, _ = _make_evaluator(config)(state.g_params)
+  evaluator = _make_evaluator(config)
+  results, _ = evaluator(state.g_params)
   logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / f"eval_{step}.json", "w") as f:
-      json.dump(evaluate_lib.evaluate_record(config, results, checkpoint=str(directory / str(step)),
-                                             step=step), f, indent=2)
+      json.dump(evaluate_lib.evaluate_record(config, results, evaluator.images,
+                                             checkpoint=str(directory / str(step)), step=step),
+                f, indent=2)
   return results
