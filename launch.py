@@ -21,8 +21,8 @@ from ml_collections import config_flags
 from data_pipeline import files
 from ttsr_jax import checkpoint
 from ttsr_jax import compile_cache
+from ttsr_jax import specs
 from ttsr_jax import train
-from ttsr_jax.models import precision
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = FLAGS.config
   try:
-    precision.check(config.model.precision)
-  except ValueError as e:
+    specs.check(config)
+  except specs.SpecError as e:
     raise app.UsageError(str(e)) from None
   if config.distributed.initialize:
     jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address,

@@ -61,8 +61,8 @@ def _random_demo_checkpoint(path: pathlib.Path) -> pathlib.Path:
   # Imported here: --photos_only needs no JAX.
   import jax  # pylint: disable=import-outside-toplevel
   from configs import demo  # pylint: disable=import-outside-toplevel
-  from ttsr_jax import convert, step  # pylint: disable=import-outside-toplevel
-  model = step.build_model(demo.get_config().model)
+  from ttsr_jax import convert, specs, step  # pylint: disable=import-outside-toplevel
+  model = specs.model_spec(demo.get_config().model).build()
   params = model.init(jax.random.key(0), *step.example_inputs())["params"]
   np.savez(path, **convert.export_state_dict(params))
   return path

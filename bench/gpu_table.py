@@ -38,7 +38,7 @@ import numpy as np
 from bench import search_memory
 from configs import default
 from data_pipeline import samples
-from ttsr_jax import predict, sharding, step
+from ttsr_jax import predict, sharding, specs, step
 
 # Dense peak TFLOP/s by device-kind substring (vendor data sheets; SXM parts): 'exact' runs
 # float32 at Precision.HIGHEST (no TF32 tensor cores), 'fast' mostly bfloat16.
@@ -84,9 +84,10 @@ class TrainBench:
     self.precision, self.smoke = precision, smoke
     self.mesh = sharding.make_mesh()
     config = _config(precision, 1, smoke)
-    self.vgg = jax.device_put(step.init_vgg_params(config, jax.random.PRNGKey(1)),
+    spec = specs.train_spec(config)
+    self.vgg = jax.device_put(step.init_vgg_params(spec.model, jax.random.PRNGKey(1)),
                               sharding.replicated(self.mesh))
-    self.state = jax.device_put(step.create_train_state(config, self.vgg, 1000),
+    self.state = jax.device_put(step.create_train_state(spec, self.vgg, 1000),
                                 sharding.replicated(self.mesh))
     self.memory: dict[int, int] = {}  # batch -> XLA bytes, for the `max` extrapolation
 
@@ -102,8 +103,8 @@ class TrainBench:
     """`xla_option`: (name, value) of an XLA option compiled into this step only."""
     config = _config(self.precision, batch, self.smoke)
     data = self._batch(batch, config)
-    train_step = sharding.jit_train_step(step.make_train_step(config, 1000, warmup=False),
-                                         self.mesh)
+    train_step = sharding.jit_train_step(
+        step.make_train_step(specs.train_spec(config), 1000, warmup=False), self.mesh)
     t = time.perf_counter()
     compiled = train_step.lower(self.state, data, self.vgg).compile(
         dict([xla_option]) if xla_option else None)
@@ -159,7 +160,7 @@ def _inference_images(case: str) -> dict[str, np.ndarray]:
 
 def run_inference(precision: str, case: str, smoke: bool) -> dict:
   config = _config(precision, 1, smoke)
-  model = step.build_model(config.model).clone(search_chunk_size=config.eval.search_chunk_size)
+  model = specs.model_spec(config.model).build(search_chunk_size=config.eval.search_chunk_size)
   params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = _inference_images(case)
   inputs = [samples.normalize(images[k])[None] for k in ("lr", "lrsr", "ref", "refsr")]

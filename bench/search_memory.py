@@ -56,11 +56,9 @@ def _random_params(model):
 
 def run_case(case: str, chunk: int, tile: int, halo: int, runs: int) -> dict:
   from configs import default
-  from ttsr_jax import predict, step
+  from ttsr_jax import predict, specs
 
-  config = default.get_config()
-  config.model.search_chunk_size = chunk
-  model = step.build_model(config.model)
+  model = specs.model_spec(default.get_config().model).build(search_chunk_size=chunk)
   params = _random_params(model)
   images = predict.prepare_inputs(*_images(case))
   times = []
@@ -81,11 +79,11 @@ def run_cli(case: str, chunk: int, tile: int, halo: int, runs: int) -> dict:
   import numpy as np
   from PIL import Image
   from configs import default
-  from ttsr_jax import convert, step
+  from ttsr_jax import convert, specs, step
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    model = step.build_model(default.get_config().model)
+    model = specs.model_spec(default.get_config().model).build()
     params = jax.jit(model.init)(jax.random.key(0), *step.example_inputs())["params"]
     np.savez(tmp / "ttsr.npz", **convert.export_state_dict(jax.device_get(params)))
     lr, ref = _images(case)

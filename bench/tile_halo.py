@@ -18,7 +18,7 @@ from bench import search_memory
 from data_pipeline import files
 from ttsr_jax import checkpoint
 from ttsr_jax import predict
-from ttsr_jax import step
+from ttsr_jax import specs
 from ttsr_jax import tiling
 from configs import default
 from ttsr_jax.models.ttsr import TTSR
@@ -38,7 +38,7 @@ def main() -> None:
     model = TTSR(**model_config, search_chunk_size=1024)
   else:
     model_config = default.get_config().model
-    model = step.build_model(model_config).clone(search_chunk_size=1024)
+    model = specs.model_spec(model_config).build(search_chunk_size=1024)
     model_config = dict(num_res_blocks=model.num_res_blocks, lte_reduce_lv3=model.lte_reduce_lv3)
     params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = predict.prepare_inputs(files.read_rgb(args.lr), files.read_rgb(args.ref))

@@ -47,10 +47,12 @@ def matmul_flops_per_s() -> float:
 
 
 def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
+  import dataclasses
+
   import jax
   import numpy as np
   from configs import default
-  from ttsr_jax import sharding, step
+  from ttsr_jax import sharding, specs, step
 
   weights, model = VARIANTS[name]
   config = default.get_config()
@@ -61,8 +63,9 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   config.num_init_epochs = 0
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch, mesh.size, microbatches)
-  vgg_params = step.init_vgg_params(config, jax.random.PRNGKey(1))
-  state = jax.device_put(step.create_train_state(config, vgg_params, 1000),
+  spec = specs.train_spec(config)
+  vgg_params = step.init_vgg_params(spec.model, jax.random.PRNGKey(1))
+  state = jax.device_put(step.create_train_state(spec, vgg_params, 1000),
                          sharding.replicated(mesh))
   rng = np.random.RandomState(0)
   p = 4 * config.train_crop_size
@@ -70,15 +73,14 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   ref = rng.uniform(-1, 1, (batch, p, p, 3)).astype(np.float32)
   data = jax.device_put(dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref),
                         sharding.batch_sharding(mesh))
-  train_step = sharding.jit_train_step(step.make_train_step(config, 1000, warmup=False), mesh)
+  train_step = sharding.jit_train_step(step.make_train_step(spec, 1000, warmup=False), mesh)
   t = time.perf_counter()
   compiled = train_step.lower(state, data, vgg_params).compile()
   compile_s = time.perf_counter() - t
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if microbatches > 1:
-    whole = config.copy_and_resolve_references()
-    whole.microbatches = 1
+    whole = dataclasses.replace(spec, microbatches=1)
     cost = sharding.jit_train_step(step.make_train_step(whole, 1000, warmup=False), mesh).lower(
         state, data, vgg_params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

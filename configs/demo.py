@@ -4,13 +4,12 @@
   python launch.py --config=configs/demo.py --workdir=workdirs/demo
 
 Not a paper setting. Sized by measurement (docs/training.md) so that the run, compilation,
-dataset preparation and evaluations included, takes 5 to 8 minutes on the 2-core development
-machine and its final evaluation beats bicubic upsampling on the demo's test images:
+dataset preparation and evaluations included, takes minutes on a 2-core CPU and its final
+evaluation beats bicubic upsampling on the demo's test images:
   * a narrow, shallow MainNet (16 channels, 2+2+1+1 residual blocks);
   * 32x32 training patches (LR 8x8), centre-cropped from the demo's 160x160 pairs when the loop
     first prepares them: a step costs a quarter of a 64x64 one, and the extra updates help more
-    than the larger context (this config with 64x64 patches and batch 8 trained twice as long
-    and ended 0.5 dB lower);
+    than the larger context (docs/training.md, "The demo");
   * the reconstruction loss only, batch 16, Adam at 2e-3 halved every 8 epochs (the reference's
     StepLR), 24 epochs of 30 steps;
   * a randomly initialised VGG19 for the LTE (no download needed; the logs say so loudly).

@@ -10,6 +10,7 @@ from data_pipeline import samples
 from tiny_runs import ROOT, load_config
 from ttsr_jax import checkpoint
 from ttsr_jax import sharding
+from ttsr_jax import specs
 from ttsr_jax import step
 from ttsr_jax import train
 
@@ -35,13 +36,14 @@ def test_config_builds_a_train_step(path):
   config = load_config(path)
   mesh = sharding.make_mesh(jax.devices()[:1])
   state = checkpoint.abstract_train_state(config, mesh)
-  vgg = jax.eval_shape(lambda key: step.init_vgg_params(config, key), jax.random.PRNGKey(0))
+  spec = specs.train_spec(config)
+  vgg = jax.eval_shape(lambda key: step.init_vgg_params(spec.model, key), jax.random.PRNGKey(0))
   patch, low = 4 * config.train_crop_size, config.train_crop_size
   batch = {key: jax.ShapeDtypeStruct((config.batch_size, patch, patch, 3), jnp.float32)
            for key in samples.IMAGE_KEYS}
   batch["lr"] = jax.ShapeDtypeStruct((config.batch_size, low, low, 3), jnp.float32)
   # The main step (warm-up steps compute a subset of it) with every loss the config weights.
-  train_step = step.make_train_step(config, steps_per_epoch=10, warmup=False)
+  train_step = step.make_train_step(spec, steps_per_epoch=10, warmup=False)
   new_state, metrics = jax.eval_shape(train_step, state, batch, vgg)
   assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
   assert metrics["loss/total"].shape == ()

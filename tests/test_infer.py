@@ -18,6 +18,7 @@ from ttsr_jax import checkpoint
 from ttsr_jax import convert
 from ttsr_jax import infer
 from ttsr_jax import predict
+from ttsr_jax import specs
 from ttsr_jax import step as step_lib
 from ttsr_jax.models.ttsr import TTSR
 from parity import load_case
@@ -65,7 +66,7 @@ def _write_orbax(workdir: pathlib.Path, g_params, model_overrides=None, step: in
   config = get_config()
   config.model.update(TINY)
   config.model.update(model_overrides or {})
-  g_tx, d_tx = step_lib.make_optimizers(config, steps_per_epoch=10)
+  g_tx, d_tx = step_lib.make_optimizers(specs.train_spec(config), steps_per_epoch=10)
   d_params = {"fc2": {"kernel": np.ones((4, 1), np.float32), "bias": np.zeros(1, np.float32)}}
   state = step_lib.TrainState(step=np.int32(step), g_params=g_params, d_params=d_params,
                               g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params),

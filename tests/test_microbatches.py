@@ -1,17 +1,19 @@
 """Gradient accumulation (`config.microbatches`): the same step as the whole batch at once."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 
 import tiny_configs
-from ttsr_jax import sharding, step
+from ttsr_jax import sharding, specs, step
 
 
-def _tiny_config(microbatches: int):
+def _tiny_spec(microbatches: int) -> specs.TrainSpec:
   config = tiny_configs.all_losses(train_crop_size=8, batch_size=4)  # D sees 32x32
   config.microbatches = microbatches
-  return config
+  return specs.train_spec(config)
 
 
 def test_split_and_merge_microbatches():
@@ -31,13 +33,13 @@ def test_microbatched_step_matches_whole_batch():
   ref = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
   batch = dict(lr=hr[:, ::4, ::4], lrsr=hr * 0.9, hr=hr, ref=ref, refsr=ref * 0.9)
   epsilons = rng.uniform(0, 1, (2, 4)).astype(np.float32)
-  whole = _tiny_config(1)
-  vgg_params = step.init_vgg_params(whole, jax.random.PRNGKey(1))
+  whole = _tiny_spec(1)
+  vgg_params = step.init_vgg_params(whole.model, jax.random.PRNGKey(1))
   results = []
-  for config in (whole, _tiny_config(2)):
-    state = step.create_train_state(config, vgg_params, steps_per_epoch=1)
-    train_step = jax.jit(step.make_train_step(config, 1, warmup=False))
-    results.append(jax.device_get(train_step(state, batch, vgg_params, epsilons)))
+  for spec in (whole, _tiny_spec(2)):
+    state = step.create_train_state(spec, vgg_params, steps_per_epoch=1)
+    update = jax.jit(functools.partial(step.update, step.make_iteration(spec, 1, warmup=False)))
+    results.append(jax.device_get(update(state, batch, vgg_params, epsilons)))
   (state_1, metrics_1), (state_2, metrics_2) = results
   assert metrics_1.keys() == metrics_2.keys()
   for name in metrics_1:

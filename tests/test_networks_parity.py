@@ -39,12 +39,16 @@ def test_discriminator_matches_reference(case_c):
   want = case_c["D_sr_initialD"].reshape(1, 1)
   scores = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, sr)
   np.testing.assert_allclose(np.asarray(scores), want, rtol=0, atol=CRITIC_SCORE_ATOL)
+  # In float64 our network computes the score almost exactly, so what remains is the
+  # reference's own float32 rounding of it, which CRITIC_SCORE_ATOL bounds (tests/parity.py).
+  # A relative bound would not: the score is a small difference of large terms, and one
+  # float32 ulp of it is 1.9e-9.
   with jax.enable_x64(True):
     params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
     model64 = Discriminator(160, dtype=jnp.float64)
     scores64 = jax.jit(lambda p, x: model64.apply({"params": p}, x))(params64,
                                                                       sr.astype(np.float64))
-    np.testing.assert_allclose(np.asarray(scores64), want, rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(scores64), want, rtol=0, atol=CRITIC_SCORE_ATOL)
 
 
 def test_discriminator_rejects_other_sizes():

@@ -1,6 +1,8 @@
 """The precision policies (models/precision.py): what 'fast' computes in bfloat16 and what it
 keeps in float32, how far it moves a tiny model, and the profiler switch."""
 
+import functools
+
 from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 
 import tiny_configs
 from tiny_configs import TINY, random_inputs, random_params
+from ttsr_jax import specs
 from ttsr_jax import step as step_lib
 from ttsr_jax import train
 from ttsr_jax.models.ttsr import TTSR
@@ -46,13 +49,16 @@ def test_fast_step_keeps_parameters_gradients_and_optimiser_in_float32():
   config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
   config.model.precision = "fast"
   config.loss.update(tpl_w=0.0, gan_k=1)  # the texture loss's LTE is float32 anyway
-  vgg = jax.eval_shape(lambda: step_lib.init_vgg_params(config, jax.random.key(1)))
-  state = jax.eval_shape(lambda v: step_lib.create_train_state(config, v, 10), vgg)
+  spec = specs.train_spec(config)
+  vgg = jax.eval_shape(lambda: step_lib.init_vgg_params(spec.model, jax.random.key(1)))
+  state = jax.eval_shape(lambda v: step_lib.create_train_state(spec, v, 10), vgg)
   hr, ref = random_inputs(2, (32, 32), (32, 32))[2:]
   batch = dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref)
-  _, d_tx = step_lib.make_optimizers(config, 10)
+  epsilons = jnp.zeros((spec.loss.gan_k, 2))
+  iteration = step_lib.make_iteration(spec, 10, warmup=False)
   gradients, d_params, d_opt_state, metrics = jax.eval_shape(
-      step_lib.make_d_update_and_g_gradients(config, d_tx, warmup=False), state, batch, vgg)
+      functools.partial(step_lib.d_updates_and_g_gradients, iteration), state, batch, vgg,
+      epsilons)
   trees = {"state": state, "gradients": gradients, "d_params": d_params,
            "d_opt_state": d_opt_state, "metrics": metrics}
   for name, tree in trees.items():
@@ -65,9 +71,9 @@ def test_fast_step_keeps_parameters_gradients_and_optimiser_in_float32():
 def test_unknown_precision_is_a_clear_error():
   config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
   config.model.precision = "half"
-  with pytest.raises(ValueError, match=r"config.model.precision 'half': expected one of "
-                                       r"'exact', 'fast'"):
-    step_lib.build_model(config.model)
+  with pytest.raises(specs.SpecError, match=r"config.model.precision 'half': expected one of "
+                                            r"'exact', 'fast'"):
+    specs.train_spec(config)
 
 
 @pytest.mark.parametrize("num_steps", [0, 2])

@@ -10,20 +10,20 @@ from configs import default
 from data_pipeline import samples
 from parity import CRITIC_SCORE_ATOL, load_case, nhwc
 from recipes import discriminator_state_dict, vgg19_state_dict
-from ttsr_jax import convert, losses, step
+from ttsr_jax import convert, losses, specs, step
 from ttsr_jax.models.ttsr import TTSR
 
 # The parity folder's settings (its README section 1 and meta.json).
 EPSILONS = np.array([[0.3], [0.7]], np.float32)
 
 
-def parity_config(**loss_overrides):
+def parity_spec(**loss_overrides) -> specs.TrainSpec:
   config = default.get_config()
   config.model.n_feats = 16
   config.model.num_res_blocks = (1, 1, 1, 1)
   config.loss.update(dict(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-3, gan_k=2), **loss_overrides)
   config.batch_size = 1
-  return config
+  return specs.train_spec(config)
 
 
 def _reference_params(state_dict, module, *example):
@@ -32,20 +32,20 @@ def _reference_params(state_dict, module, *example):
 
 @pytest.fixture(scope="module")
 def setup():
-  config = parity_config()
+  spec = parity_spec()
   weights = load_case("a_weights.npz")
   case_a = load_case("a_forward.npz")
-  vgg_params = _reference_params(vgg19_state_dict(), step.build_vgg(config),
+  vgg_params = _reference_params(vgg19_state_dict(), step.build_vgg(spec.model),
                                  jnp.zeros((1, 16, 16, 3)))
-  d_params = _reference_params(discriminator_state_dict(), step.build_discriminator(config),
+  d_params = _reference_params(discriminator_state_dict(), step.build_discriminator(spec),
                                jnp.zeros((1, 160, 160, 3)))
-  g_params = _reference_params(weights, step.build_model(config.model), *step.example_inputs())
-  g_tx, d_tx = step.make_optimizers(config, steps_per_epoch=1)
-  state = step.TrainState(step=jnp.array(config.num_init_epochs, jnp.int32), g_params=g_params,
+  g_params = _reference_params(weights, spec.model.build(), *step.example_inputs())
+  g_tx, d_tx = step.make_optimizers(spec, steps_per_epoch=1)
+  state = step.TrainState(step=jnp.array(spec.num_init_epochs, jnp.int32), g_params=g_params,
                           d_params=d_params, g_opt_state=g_tx.init(g_params),
                           d_opt_state=d_tx.init(d_params), key=jax.random.PRNGKey(0))
   batch = {k: jnp.asarray(nhwc(case_a[k])) for k in samples.IMAGE_KEYS}
-  return config, state, batch, vgg_params
+  return spec, state, batch, vgg_params
 
 
 def _named(params, name):
@@ -74,19 +74,19 @@ def iterations(setup):
   'fixed_d': (gradients, metrics) with the initial D (gan_k 0: no D update);
   'full': (new state, metrics) of one main train step, and 'full_gradients' its generator
   gradients; 'warmup': (new state, metrics) of one warm-up step from step 0."""
-  config, state, batch, vgg_params = setup
-  _, d_tx = step.make_optimizers(config, 1)
-  fixed_d = step.make_d_update_and_g_gradients(parity_config(gan_k=0), d_tx, warmup=False)
-  full = step.make_train_step(config, 1, warmup=False)
-  full_gradients = step.make_d_update_and_g_gradients(config, d_tx, warmup=False)
-  warmup = step.make_train_step(config, 1, warmup=True)
+  spec, state, batch, vgg_params = setup
+  fixed_d = step.make_iteration(parity_spec(gan_k=0), 1, warmup=False)
+  full = step.make_iteration(spec, 1, warmup=False)
+  warmup = step.make_train_step(spec, 1, warmup=True)
 
   @jax.jit
   def run(state, batch, vgg_params, epsilons):
-    g_grads, _, _, metrics = fixed_d(state, batch, vgg_params)
+    g_grads, _, _, metrics = step.d_updates_and_g_gradients(fixed_d, state, batch, vgg_params,
+                                                            None)
     return {"fixed_d": (g_grads, metrics),
-            "full": full(state, batch, vgg_params, epsilons),
-            "full_gradients": full_gradients(state, batch, vgg_params, epsilons)[0],
+            "full": step.update(full, state, batch, vgg_params, epsilons),
+            "full_gradients": step.d_updates_and_g_gradients(full, state, batch, vgg_params,
+                                                             epsilons)[0],
             "warmup": warmup(state.replace(step=jnp.zeros_like(state.step)), batch, vgg_params)}
 
   return run(state, batch, vgg_params, jnp.asarray(EPSILONS))
@@ -106,9 +106,9 @@ def test_losses_and_gradient_with_fixed_discriminator(iterations):
 
 @pytest.mark.parametrize("use_s,loss_type", [(False, "l1"), (True, "l2"), (True, "l1")])
 def test_texture_loss_variants(setup, use_s, loss_type):
-  config, state, batch, _ = setup
+  spec, state, batch, _ = setup
   case_c = load_case("c_losses.npz")
-  model = step.build_model(config.model)
+  model = spec.model.build()
 
   # Everything is an argument: arrays closed over by jit become constants that XLA folds slowly.
   @jax.jit
@@ -121,14 +121,14 @@ def test_texture_loss_variants(setup, use_s, loss_type):
   np.testing.assert_allclose(float(value), case_c[f"tpl_useS{int(use_s)}_{loss_type}"], rtol=1e-5)
 
 
-def _d_iteration(config, d_params, d_opt_state, fake, real, eps):
-  disc = step.build_discriminator(config)
-  _, d_tx = step.make_optimizers(config, 1)
+def _d_iteration(spec, d_params, d_opt_state, fake, real, eps):
+  disc = step.build_discriminator(spec)
+  _, d_tx = step.make_optimizers(spec, 1)
 
   @jax.jit
   def run(d_params, d_opt_state, fake, real, eps):
     (loss, aux), grads = step.discriminator_gradients(disc, d_params, fake, real, eps,
-                                                      config.loss.gp_lambda)
+                                                      spec.loss.gp_lambda)
     updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
     return optax.apply_updates(d_params, updates), d_opt_state, loss, aux, grads
 
@@ -137,7 +137,7 @@ def _d_iteration(config, d_params, d_opt_state, fake, real, eps):
 
 @pytest.mark.parametrize("group,iterations", [("wgan_gp_k2", 2), ("wgan_gp_b2", 1)])
 def test_wgan_gp_discriminator_updates(setup, group, iterations):
-  config, state, batch, _ = setup
+  spec, state, batch, _ = setup
   case = load_case("c_losses.npz")
   if group == "wgan_gp_k2":
     fake, real = nhwc(load_case("a_forward.npz")["sr"]), batch["hr"]
@@ -148,7 +148,7 @@ def test_wgan_gp_discriminator_updates(setup, group, iterations):
     prefix = f"{group}/iter{k}"
     rel = 1e-4 if k == 0 else 2e-3  # later iterations: LeakyReLU-kink sensitivity (README 5)
     d_params, d_opt_state, loss, aux, grads = _d_iteration(
-        config, d_params, d_opt_state, fake, real, jnp.asarray(case[f"{prefix}/epsilon"]))
+        spec, d_params, d_opt_state, fake, real, jnp.asarray(case[f"{prefix}/epsilon"]))
     np.testing.assert_allclose(float(loss), case[f"{prefix}/loss_d"], rtol=rel)
     for name in ("gradient_penalty", "d_fake", "d_real", "gradient_norm"):
       np.testing.assert_allclose(np.asarray(aux[name]).reshape(case[f"{prefix}/{name}"].shape),
@@ -157,7 +157,7 @@ def test_wgan_gp_discriminator_updates(setup, group, iterations):
       want = case[f"{prefix}/grad_D.{name}"]
       err = np.abs(_named(grads, name) - want).max()
       assert err <= 10 * rel * np.abs(want).max(), f"{prefix}/grad_D.{name}: {err:.3g}"
-  disc = step.build_discriminator(config)
+  disc = step.build_discriminator(spec)
   loss_g = -jnp.mean(disc.apply({"params": d_params}, jnp.asarray(fake)))
   np.testing.assert_allclose(float(loss_g), case[f"{group}/loss_g_after_D_updates"], rtol=2e-3)
   for name in ("conv1.weight", "conv1.bias", "fc2.weight", "fc2.bias"):

@@ -50,6 +50,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from ttsr_jax import convert
 from ttsr_jax import sharding
+from ttsr_jax import specs
 from ttsr_jax import step as step_lib
 from ttsr_jax.models.ttsr import ARCHITECTURE_KEYS, TTSR
 
@@ -332,9 +333,11 @@ def abstract_train_state(config: ml_collections.ConfigDict,
   Restoring onto this target places the state on whatever devices `mesh` has, whatever layout
   wrote it, and brings optimiser states back as optax's types rather than plain dicts.
   """
-  vgg = jax.eval_shape(lambda key: step_lib.init_vgg_params(config, key), jax.random.PRNGKey(0))
+  spec = specs.train_spec(config)
+  vgg = jax.eval_shape(lambda key: step_lib.init_vgg_params(spec.model, key),
+                       jax.random.PRNGKey(0))
   # The schedule (steps per epoch) does not change the state's structure.
-  shapes = jax.eval_shape(lambda v: step_lib.create_train_state(config, v, 1), vgg)
+  shapes = jax.eval_shape(lambda v: step_lib.create_train_state(spec, v, 1), vgg)
   replicated = sharding.replicated(mesh)
   return jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)

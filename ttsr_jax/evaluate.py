@@ -32,7 +32,7 @@ from data_pipeline import samples
 from data_pipeline import testsets
 from ttsr_jax import metrics as metrics_lib
 from ttsr_jax import predict
-from ttsr_jax import step as step_lib
+from ttsr_jax import specs
 
 Params = Any
 Batch = dict[str, np.ndarray]
@@ -179,7 +179,7 @@ class Evaluator:
     # The metric that ranks checkpoints: the PSNR of the first protocol.
     self.primary_metric = f"{self._protocols[0].name}/psnr"
     # The search's chunking bounds its memory on large test images and does not change sr.
-    model = step_lib.build_model(config.model).clone(search_chunk_size=e.search_chunk_size)
+    model = specs.model_spec(config.model).build(search_chunk_size=e.search_chunk_size)
     self._sr = predict.sr_function(model)
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique
@@ -318,7 +318,7 @@ class Evaluator:
       if i % count != index:
         rows.append(np.full(len(SCORES), np.nan))
         continue
-      inputs = [batch[k] for k in ("lr", "lrsr", "ref", "refsr")]
+      inputs = [batch[k] for k in samples.MODEL_INPUT_KEYS]
       shapes = (inputs[0].shape, inputs[2].shape)
       if shapes not in self._compiled_shapes:
         # Each new size compiles the model (seconds on a CPU); say so rather than look stuck.

@@ -42,8 +42,8 @@ from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
 from ttsr_jax import plots
 from ttsr_jax import predict
+from ttsr_jax import specs
 from ttsr_jax import runs as runs_lib
-from ttsr_jax import step as step_lib
 from ttsr_jax.runs import MISSING, Run
 
 PathLike = Union[str, os.PathLike]
@@ -92,14 +92,15 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
   params, _ = checkpoint.load_generator(directory / str(step))
   params = jax.device_put(params)
   # The evaluation's model: the run's precision, and the search chunked for large test images.
-  model = step_lib.build_model(config.model).clone(search_chunk_size=config.eval.search_chunk_size)
+  model = specs.model_spec(config.model).build(
+      search_chunk_size=config.eval.search_chunk_size)
   sr_fn = predict.sr_function(model)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
   batches = cufed5.level_samples(cufed_dir or config.data.cufed_dir, SAMPLE_LEVEL)
   for image, batch in itertools.islice(batches, num_samples):
-    sr = sr_fn(params, *(batch[k] for k in ("lr", "lrsr", "ref", "refsr")))
+    sr = sr_fn(params, *(batch[k] for k in samples.MODEL_INPUT_KEYS))
     nearest = batch["lr"].repeat(samples.SCALE, axis=1).repeat(samples.SCALE, axis=2)
     paths.append(out_dir / f"{image}.png")
     grid = predict.panels([("LR", predict.to_uint8(nearest[0])),

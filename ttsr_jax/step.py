@@ -16,12 +16,12 @@ from typing import Any, Callable, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from data_pipeline import samples
 from ttsr_jax import losses
-from ttsr_jax import sharding
+from ttsr_jax import specs
+from ttsr_jax.models import layers
 from ttsr_jax.models import precision
 from ttsr_jax.models.discriminator import Discriminator
 from ttsr_jax.models.ttsr import TTSR
@@ -42,30 +42,13 @@ class TrainState:
   key: jnp.ndarray  # raw uint32 PRNG key (plain array, so Orbax stores it as is)
 
 
-def build_model(model_config: ml_collections.ConfigDict, loop_backward: bool = False) -> TTSR:
-  """`loop_backward`: differentiated inside a loop on XLA:CPU (see layers.conv2d).
-
-  Raises:
-    ValueError: an unknown `precision` policy.
-  """
-  precision.check(model_config.precision)
-  return TTSR(n_feats=model_config.n_feats, num_res_blocks=tuple(model_config.num_res_blocks),
-              res_scale=model_config.res_scale, lte_reduce_lv3=model_config.lte_reduce_lv3,
-              search_chunk_size=model_config.search_chunk_size,
-              precision=model_config.precision, remat=model_config.remat,
-              loop_backward=loop_backward)
+def build_discriminator(spec: specs.TrainSpec) -> Discriminator:
+  dtype = precision.compute_dtype(spec.model.precision, "discriminator")
+  return Discriminator(in_size=4 * spec.train_crop_size, dtype=dtype)
 
 
-def build_discriminator(config: ml_collections.ConfigDict,
-                        loop_backward: bool = False) -> Discriminator:
-  dtype = precision.compute_dtype(config.model.precision, "discriminator")
-  return Discriminator(in_size=4 * config.train_crop_size, dtype=dtype,
-                       loop_backward=loop_backward)
-
-
-def build_vgg(config: ml_collections.ConfigDict, loop_backward: bool = False) -> VGG19:
-  dtype = precision.compute_dtype(config.model.precision, "vgg")
-  return VGG19(dtype=dtype, loop_backward=loop_backward)
+def build_vgg(model: specs.ModelSpec) -> VGG19:
+  return VGG19(dtype=precision.compute_dtype(model.precision, "vgg"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +60,8 @@ class Networks:
   vgg: VGG19
 
 
-def build_networks(config: ml_collections.ConfigDict, loop_backward: bool = False) -> Networks:
-  return Networks(build_model(config.model, loop_backward),
-                  build_discriminator(config, loop_backward), build_vgg(config, loop_backward))
+def build_networks(spec: specs.TrainSpec) -> Networks:
+  return Networks(spec.model.build(), build_discriminator(spec), build_vgg(spec.model))
 
 
 def model_inputs(batch: Batch) -> tuple[jnp.ndarray, ...]:
@@ -87,7 +69,7 @@ def model_inputs(batch: Batch) -> tuple[jnp.ndarray, ...]:
   return tuple(batch[k] for k in samples.MODEL_INPUT_KEYS)
 
 
-def lr_factor(optim: ml_collections.ConfigDict, step: jnp.ndarray, steps_per_epoch: int,
+def lr_factor(optim: specs.OptimSpec, step: jnp.ndarray, steps_per_epoch: int,
               num_init_epochs: int) -> jnp.ndarray:
   """StepLR as the reference steps it: once at the start of every main epoch, never in warm-up.
 
@@ -98,13 +80,13 @@ def lr_factor(optim: ml_collections.ConfigDict, step: jnp.ndarray, steps_per_epo
   return jnp.asarray(optim.gamma, jnp.float32) ** jnp.floor(epoch / optim.decay)
 
 
-def make_optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int
+def make_optimizers(spec: specs.TrainSpec, steps_per_epoch: int
                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Generator Adam with MainNet and LTE learning rates on one schedule; discriminator Adam."""
-  o = config.optim
+  o = spec.optim
 
   def adam(base_lr):
-    schedule = lambda count: base_lr * lr_factor(o, count, steps_per_epoch, config.num_init_epochs)
+    schedule = lambda count: base_lr * lr_factor(o, count, steps_per_epoch, spec.num_init_epochs)
     return optax.adam(schedule, b1=o.beta1, b2=o.beta2, eps=o.eps)
 
   g_tx = optax.multi_transform({"MainNet": adam(o.lr), "LTE": adam(o.lr_lte)},
@@ -119,18 +101,18 @@ def example_inputs() -> list[jnp.ndarray]:
   return [jnp.zeros(s) for s in ((1, 4, 4, 3), (1, 16, 16, 3), (1, 16, 16, 3), (1, 16, 16, 3))]
 
 
-def init_vgg_params(config: ml_collections.ConfigDict, key: jax.Array) -> Params:
+def init_vgg_params(model: specs.ModelSpec, key: jax.Array) -> Params:
   """Random VGG19 (up to relu5_1) parameters; pretrained ones come from `convert`."""
-  return jax.jit(build_vgg(config).init)(key, jnp.zeros((1, 16, 16, 3)))["params"]
+  return jax.jit(build_vgg(model).init)(key, jnp.zeros((1, 16, 16, 3)))["params"]
 
 
-def create_train_state(config: ml_collections.ConfigDict, vgg_params: Params, steps_per_epoch: int,
+def create_train_state(spec: specs.TrainSpec, vgg_params: Params, steps_per_epoch: int,
                        key: Optional[jax.Array] = None) -> TrainState:
   """Fresh state: PyTorch-default MainNet and D, the LTE initialised from `vgg_params` as the
   reference initialises it from ImageNet VGG19, fresh optimiser states."""
-  key = jax.random.PRNGKey(config.seed) if key is None else key
+  key = jax.random.PRNGKey(spec.seed) if key is None else key
   g_key, d_key, key = jax.random.split(key, 3)
-  model, disc = build_model(config.model), build_discriminator(config)
+  model, disc = spec.model.build(), build_discriminator(spec)
   g_params = jax.jit(model.init)(g_key, *example_inputs())["params"]
   g_params = flax.core.unfreeze(g_params)
   for name in g_params["LTE"]:
@@ -138,7 +120,7 @@ def create_train_state(config: ml_collections.ConfigDict, vgg_params: Params, st
       g_params["LTE"][name] = jax.tree_util.tree_map(jnp.array, vgg_params[name])
   size = disc.in_size
   d_params = jax.jit(disc.init)(d_key, jnp.zeros((1, size, size, 3)))["params"]
-  g_tx, d_tx = make_optimizers(config, steps_per_epoch)
+  g_tx, d_tx = make_optimizers(spec, steps_per_epoch)
   return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params,
                     g_opt_state=g_tx.init(g_params), d_opt_state=d_tx.init(d_params), key=key)
 
@@ -164,12 +146,14 @@ def microbatch_mean(fn: Callable, inputs: Any, count: int) -> Any:
     return fn(inputs)
   microbatches = split_microbatches(inputs, count)
   first = jax.tree_util.tree_map(lambda x: x[0], microbatches)
-  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first))
+  with layers.loop_body():
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   jax.eval_shape(fn, first))
 
-  def accumulate(total, microbatch):
-    return jax.tree_util.tree_map(jnp.add, total, fn(microbatch)), None
+    def accumulate(total, microbatch):
+      return jax.tree_util.tree_map(jnp.add, total, fn(microbatch)), None
 
-  total, _ = jax.lax.scan(accumulate, zeros, microbatches)
+    total, _ = jax.lax.scan(accumulate, zeros, microbatches)
   return jax.tree_util.tree_map(lambda x: x / count, total)
 
 
@@ -185,10 +169,48 @@ def draw_epsilons(key: jax.Array, gan_k: int, local_batch: int,
   return jax.lax.dynamic_slice_in_dim(eps, start, local_batch, axis=1)
 
 
-def _mean_over(axis_name: Optional[str], tree: Any) -> Any:
-  """The mean over the devices of `axis_name` (pmap style); as is under jit, where the batch
-  means are already global."""
-  return jax.lax.pmean(tree, axis_name) if axis_name else tree
+def loss_weights(loss: specs.LossSpec, warmup: bool) -> dict[str, float]:
+  """The generator's active loss terms and their weights, in the reference's order (rec, per,
+  tpl, adv); warm-up iterations use the reconstruction loss alone."""
+  weights = {"rec": loss.rec_w}
+  if not warmup:
+    weights.update({name: getattr(loss, f"{name}_w") for name in ("per", "tpl", "adv")
+                    if getattr(loss, f"{name}_w") != 0})
+  return weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Iteration:
+  """What one training iteration is made of, fixed when the step is built (`make_iteration`).
+
+  `axis_name` is None under `jax.jit` over a mesh, where the batch means are global and XLA
+  inserts the reductions; under `pmap`/`shard_map` it names the mapped axis, and the iteration
+  averages gradients and metrics over it itself.
+  """
+
+  nets: Networks
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+  spec: specs.TrainSpec
+  steps_per_epoch: int
+  weights: dict[str, float]  # `loss_weights` of this kind of iteration
+  axis_name: Optional[str] = None
+
+  @property
+  def adversarial(self) -> bool:
+    """Whether the discriminator takes its WGAN-GP updates in this iteration."""
+    return "adv" in self.weights and self.spec.loss.gan_k > 0
+
+  def mean_over_devices(self, tree: Any) -> Any:
+    """The mean over the devices of `axis_name` (pmap style); `tree` as is under jit."""
+    return jax.lax.pmean(tree, self.axis_name) if self.axis_name else tree
+
+
+def make_iteration(spec: specs.TrainSpec, steps_per_epoch: int, *, warmup: bool,
+                   axis_name: Optional[str] = None) -> Iteration:
+  g_tx, d_tx = make_optimizers(spec, steps_per_epoch)
+  return Iteration(build_networks(spec), g_tx, d_tx, spec, steps_per_epoch,
+                   loss_weights(spec.loss, warmup), axis_name)
 
 
 def discriminator_gradients(disc: Discriminator, d_params: Params, fake: jnp.ndarray,
@@ -201,26 +223,25 @@ def discriminator_gradients(disc: Discriminator, d_params: Params, fake: jnp.nda
   return jax.value_and_grad(d_loss, has_aux=True)(d_params)
 
 
-def discriminator_update(disc: Discriminator, d_tx: optax.GradientTransformation,
-                         d_params: Params, d_opt_state: optax.OptState, fake: jnp.ndarray,
-                         real: jnp.ndarray, epsilon: jnp.ndarray, gp_lambda: float,
-                         microbatches: int = 1, axis_name: Optional[str] = None
+def discriminator_update(it: Iteration, d_params: Params, d_opt_state: optax.OptState,
+                         fake: jnp.ndarray, real: jnp.ndarray, epsilon: jnp.ndarray
                          ) -> tuple[Params, optax.OptState, Params, Metrics]:
   """One WGAN-GP step of D on (fake, real) with interpolation factors `epsilon` (N,).
 
   Returns the new D parameters and optimiser state, the (averaged) gradients and the loss terms.
   """
   def d_gradients(inputs):
-    (loss_d, aux), grads = discriminator_gradients(disc, d_params, inputs["fake"],
-                                                   inputs["real"], inputs["eps"], gp_lambda)
+    (loss_d, aux), grads = discriminator_gradients(it.nets.disc, d_params, inputs["fake"],
+                                                   inputs["real"], inputs["eps"],
+                                                   it.spec.loss.gp_lambda)
     return grads, {"d/loss": loss_d, "d/real": jnp.mean(aux["d_real"]),
                    "d/fake": jnp.mean(aux["d_fake"]),
                    "d/gradient_penalty": aux["gradient_penalty"]}
 
   inputs = {"fake": fake, "real": real, "eps": epsilon}
-  grads, metrics = microbatch_mean(d_gradients, inputs, microbatches)
-  grads = _mean_over(axis_name, grads)
-  updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
+  grads, metrics = microbatch_mean(d_gradients, inputs, it.spec.microbatches)
+  grads = it.mean_over_devices(grads)
+  updates, d_opt_state = it.d_tx.update(grads, d_opt_state, d_params)
   return optax.apply_updates(d_params, updates), d_opt_state, grads, metrics
 
 
@@ -230,22 +251,12 @@ def generator_forward(model: TTSR, g_params: Params, batch: Batch) -> tuple[jnp.
   return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
 
 
-def loss_weights(loss_config: ml_collections.ConfigDict, warmup: bool) -> dict[str, float]:
-  """The generator's active loss terms and their weights, in the reference's order (rec, per,
-  tpl, adv); warm-up iterations use the reconstruction loss alone."""
-  weights = {"rec": loss_config.rec_w}
-  if not warmup:
-    weights.update({name: loss_config[f"{name}_w"] for name in ("per", "tpl", "adv")
-                    if loss_config[f"{name}_w"] != 0})
-  return weights
-
-
-def generator_loss(nets: Networks, loss_config: ml_collections.ConfigDict,
-                   weights: dict[str, float], g_params: Params, vgg_params: Params,
-                   d_params: Params, outputs: tuple[jnp.ndarray, ...], hr: jnp.ndarray
+def generator_loss(it: Iteration, g_params: Params, vgg_params: Params, d_params: Params,
+                   outputs: tuple[jnp.ndarray, ...], hr: jnp.ndarray
                    ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """The weighted total of the terms in `weights` for the generator's `outputs`, and the
+  """The weighted total of the iteration's loss terms for the generator's `outputs`, and the
   unweighted terms. `g_params` feed only the texture loss's frozen LTE copy."""
+  nets, loss, weights = it.nets, it.spec.loss, it.weights
   sr, s, t_lv3, t_lv2, t_lv1 = outputs
   terms = {"rec": losses.reconstruction_loss(sr, hr)}
   if "per" in weights:
@@ -254,8 +265,8 @@ def generator_loss(nets: Networks, loss_config: ml_collections.ConfigDict,
   if "tpl" in weights:
     frozen = jax.lax.stop_gradient(g_params)
     lte_copy = lambda x: nets.model.apply({"params": frozen}, x, method=TTSR.texture_features)
-    terms["tpl"] = losses.texture_loss(lte_copy, sr, s, (t_lv3, t_lv2, t_lv1),
-                                       loss_config.tpl_use_S, loss_config.tpl_type)
+    terms["tpl"] = losses.texture_loss(lte_copy, sr, s, (t_lv3, t_lv2, t_lv1), loss.tpl_use_S,
+                                       loss.tpl_type)
   if "adv" in weights:
     d_apply = lambda x: nets.disc.apply({"params": d_params}, x)
     terms["adv"] = losses.generator_adversarial_loss(d_apply, sr)
@@ -265,10 +276,8 @@ def generator_loss(nets: Networks, loss_config: ml_collections.ConfigDict,
   return total, terms
 
 
-def generator_gradients(nets: Networks, loss_config: ml_collections.ConfigDict,
-                        weights: dict[str, float], g_params: Params, vgg_params: Params,
-                        d_params: Params, batch: Batch, microbatches: int = 1,
-                        forward_vjp: Optional[tuple[Any, Callable]] = None
+def generator_gradients(it: Iteration, g_params: Params, vgg_params: Params, d_params: Params,
+                        batch: Batch, forward_vjp: Optional[tuple[Any, Callable]] = None
                         ) -> tuple[Params, tuple[jnp.ndarray, dict[str, jnp.ndarray]]]:
   """Gradients of `generator_loss` with respect to `g_params`, and (total, terms).
 
@@ -277,102 +286,102 @@ def generator_gradients(nets: Networks, loss_config: ml_collections.ConfigDict,
   """
   def gradients(batch, forward_vjp=None):
     outputs, backward = forward_vjp or jax.vjp(
-        lambda p: generator_forward(nets.model, p, batch), g_params)
-    loss = lambda outputs: generator_loss(nets, loss_config, weights, g_params, vgg_params,
-                                          d_params, outputs, batch["hr"])
+        lambda p: generator_forward(it.nets.model, p, batch), g_params)
+    loss = lambda outputs: generator_loss(it, g_params, vgg_params, d_params, outputs,
+                                          batch["hr"])
     (total, terms), d_outputs = jax.value_and_grad(loss, has_aux=True)(outputs)
     (grads,) = backward(d_outputs)
     return grads, (total, terms)
 
   if forward_vjp:
     return gradients(batch, forward_vjp)
-  return microbatch_mean(gradients, batch, microbatches)
+  return microbatch_mean(gradients, batch, it.spec.microbatches)
 
 
-def make_d_update_and_g_gradients(config: ml_collections.ConfigDict,
-                                  d_tx: optax.GradientTransformation, *, warmup: bool,
-                                  axis_name: Optional[str] = None) -> Callable:
-  """The iteration up to the generator's update: (state, batch, vgg_params[, epsilons]) ->
-  (generator gradients, updated D params, updated D optimiser state, metrics).
+def d_updates_and_g_gradients(it: Iteration, state: TrainState, batch: Batch, vgg_params: Params,
+                              epsilons: Optional[jnp.ndarray]
+                              ) -> tuple[Params, Params, optax.OptState, Metrics]:
+  """The iteration up to the generator's update: (generator gradients, updated D params, updated
+  D optimiser state, metrics).
 
   The discriminator takes its `gan_k` WGAN-GP steps on the detached sr first, and the
   generator's adversarial term then sees the updated D, as in the reference. `epsilons`
-  (gan_k, N) replaces the factors drawn from the state's key (to reproduce stored reference
-  draws); N is the local batch under `axis_name`.
+  (gan_k, N) are their interpolation factors (N: the local batch under `axis_name`); unused
+  when the iteration is not adversarial.
 
-  With `config.microbatches` = M > 1 the (local) batch runs as M sequential microbatches whose
-  gradients are averaged: the same gradients (every loss is a mean over samples) with about 1/M
-  of the activation memory. D must see the whole batch's sr before the generator's loss, so the
+  With `microbatches` = M > 1 the (local) batch runs as M sequential microbatches whose gradients
+  are averaged: the same gradients (every loss is a mean over samples) with about 1/M of the
+  activation memory. D must see the whole batch's sr before the generator's loss, so the
   generator's forward pass then runs twice (once without gradients).
   """
-  w = config.loss
-  count = config.microbatches
-  # Microbatches run in a loop, where XLA:CPU's own backward convolutions are slow.
-  nets = build_networks(config, loop_backward=count > 1 and jax.default_backend() == "cpu")
-  weights = loss_weights(w, warmup)
+  count = it.spec.microbatches
+  metrics = {}
+  # With one microbatch, the forward pass that feeds D is also the one the generator's
+  # gradient flows back through.
+  forward_vjp = (jax.vjp(lambda p: generator_forward(it.nets.model, p, batch), state.g_params)
+                 if count == 1 else None)
 
-  def d_update_and_g_gradients(state: TrainState, batch: Batch, vgg_params: Params,
-                               epsilons: Optional[jnp.ndarray] = None):
-    local_batch = batch["hr"].shape[0]
-    sharding.check_batch_size(local_batch, 1, count)
-    _, step_key = jax.random.split(state.key)
-    metrics = {}
-    # With one microbatch, the forward pass that feeds D is also the one the generator's
-    # gradient flows back through.
-    forward_vjp = (jax.vjp(lambda p: generator_forward(nets.model, p, batch), state.g_params)
-                   if count == 1 else None)
-
-    d_params, d_opt_state = state.d_params, state.d_opt_state
-    if "adv" in weights and w.gan_k > 0:
-      if epsilons is None:
-        epsilons = draw_epsilons(step_key, w.gan_k, local_batch, axis_name)
-      if forward_vjp:
-        sr = forward_vjp[0][0]
-      else:
+  d_params, d_opt_state = state.d_params, state.d_opt_state
+  if it.adversarial:
+    if forward_vjp:
+      sr = forward_vjp[0][0]
+    else:
+      with layers.loop_body():
         sr = merge_microbatches(jax.lax.map(
-            lambda b: generator_forward(nets.model, state.g_params, b)[0],
+            lambda b: generator_forward(it.nets.model, state.g_params, b)[0],
             split_microbatches(batch, count)))
-      fake = jax.lax.stop_gradient(sr)
-      for k in range(w.gan_k):
-        d_params, d_opt_state, d_grads, d_metrics = discriminator_update(
-            nets.disc, d_tx, d_params, d_opt_state, fake, batch["hr"], epsilons[k],
-            w.gp_lambda, count, axis_name)
-      metrics.update(d_metrics)
-      metrics["grad_norm/d"] = optax.tree.norm(d_grads)
+    fake = jax.lax.stop_gradient(sr)
+    for k in range(it.spec.loss.gan_k):
+      d_params, d_opt_state, d_grads, d_metrics = discriminator_update(
+          it, d_params, d_opt_state, fake, batch["hr"], epsilons[k])
+    metrics.update(d_metrics)
+    metrics["grad_norm/d"] = optax.tree.norm(d_grads)
 
-    g_grads, (total, terms) = generator_gradients(nets, w, weights, state.g_params, vgg_params,
-                                                  d_params, batch, count, forward_vjp)
-    g_grads = _mean_over(axis_name, g_grads)
-    for name, value in terms.items():
-      metrics[f"loss/{name}"] = value
-      metrics[f"loss/{name}_weighted"] = weights[name] * value
-    metrics["loss/total"] = total
-    metrics["grad_norm/g"] = optax.tree.norm(g_grads)
-    return g_grads, d_params, d_opt_state, _mean_over(axis_name, metrics)
-
-  return d_update_and_g_gradients
+  g_grads, (total, terms) = generator_gradients(it, state.g_params, vgg_params, d_params, batch,
+                                                forward_vjp)
+  g_grads = it.mean_over_devices(g_grads)
+  for name, value in terms.items():
+    metrics[f"loss/{name}"] = value
+    metrics[f"loss/{name}_weighted"] = it.weights[name] * value
+  metrics["loss/total"] = total
+  metrics["grad_norm/g"] = optax.tree.norm(g_grads)
+  return g_grads, d_params, d_opt_state, it.mean_over_devices(metrics)
 
 
-def make_train_step(config: ml_collections.ConfigDict, steps_per_epoch: int, *, warmup: bool,
+def update(it: Iteration, state: TrainState, batch: Batch, vgg_params: Params,
+           epsilons: Optional[jnp.ndarray]) -> tuple[TrainState, Metrics]:
+  """One iteration with given WGAN-GP factors `epsilons` (`d_updates_and_g_gradients`): the
+  state with the step counted, D and G updated; its key is left for the caller to advance."""
+  g_grads, d_params, d_opt_state, metrics = d_updates_and_g_gradients(it, state, batch,
+                                                                      vgg_params, epsilons)
+  updates, g_opt_state = it.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  o = it.spec.optim
+  factor = lr_factor(o, state.step, it.steps_per_epoch, it.spec.num_init_epochs)
+  metrics.update({"lr/main": o.lr * factor, "lr/lte": o.lr_lte * factor,
+                  "lr/d": jnp.asarray(o.lr_dis, jnp.float32)})
+  return state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
+                       g_opt_state=g_opt_state, d_opt_state=d_opt_state), metrics
+
+
+def make_train_step(spec: specs.TrainSpec, steps_per_epoch: int, *, warmup: bool,
                     axis_name: Optional[str] = None) -> Callable:
-  """(state, batch, vgg_params[, epsilons]) -> (new state, metrics); jit it with donated state."""
-  g_tx, d_tx = make_optimizers(config, steps_per_epoch)
-  d_update_and_g_gradients = make_d_update_and_g_gradients(config, d_tx, warmup=warmup,
-                                                           axis_name=axis_name)
-  o = config.optim
+  """(state, batch, vgg_params) -> (new state, metrics); jit it with donated state
+  (`sharding.jit_train_step`), or map it over devices with `axis_name` set (`jax.pmap`,
+  `sharding.shard_map_train_step`).
 
-  def train_step(state: TrainState, batch: Batch, vgg_params: Params,
-                 epsilons: Optional[jnp.ndarray] = None) -> tuple[TrainState, Metrics]:
-    g_grads, d_params, d_opt_state, metrics = d_update_and_g_gradients(state, batch, vgg_params,
-                                                                       epsilons)
-    updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    factor = lr_factor(o, state.step, steps_per_epoch, config.num_init_epochs)
-    metrics.update({"lr/main": o.lr * factor, "lr/lte": o.lr_lte * factor,
-                    "lr/d": jnp.asarray(o.lr_dis, jnp.float32)})
-    key, _ = jax.random.split(state.key)
-    new_state = state.replace(step=state.step + 1, g_params=g_params, d_params=d_params,
-                              g_opt_state=g_opt_state, d_opt_state=d_opt_state, key=key)
-    return new_state, metrics
+  The state's key is split here, once per step: one half draws the step's WGAN-GP factors, the
+  other is the next step's key.
+  """
+  it = make_iteration(spec, steps_per_epoch, warmup=warmup, axis_name=axis_name)
+
+  def train_step(state: TrainState, batch: Batch, vgg_params: Params
+                 ) -> tuple[TrainState, Metrics]:
+    next_key, step_key = jax.random.split(state.key)
+    epsilons = None
+    if it.adversarial:
+      epsilons = draw_epsilons(step_key, spec.loss.gan_k, batch["hr"].shape[0], axis_name)
+    state, metrics = update(it, state, batch, vgg_params, epsilons)
+    return state.replace(key=next_key), metrics
 
   return train_step

@@ -27,8 +27,6 @@ from typing import NamedTuple, Sequence
 
 from ttsr_jax.ops.bicubic import phase_taps
 
-SCALE = 4
-
 
 def _bicubic_radius(factor: int) -> float:
   """How far (in source pixels) an output pixel's taps reach beyond the pixel itself."""

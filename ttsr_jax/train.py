@@ -43,6 +43,7 @@ from data_pipeline import train_batches
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
 from ttsr_jax import sharding
+from ttsr_jax import specs
 from ttsr_jax import step as step_lib
 from ttsr_jax import vgg19_weights
 
@@ -75,7 +76,7 @@ def load_vgg_params(config: ml_collections.ConfigDict) -> Params:
         "paper's experiments need\n`python -m ttsr_jax.tools.vgg19` (see docs/training.md).\n%s",
         "=" * 100, config.seed, "=" * 100)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _VGG_SALT)
-    return jax.device_get(step_lib.init_vgg_params(config, key))
+    return jax.device_get(step_lib.init_vgg_params(specs.model_spec(config.model), key))
   if not pathlib.Path(path).is_file():
     raise TrainError(
         f"config.model.vgg19_weights = {path}: file not found. This config trains with ImageNet "
@@ -230,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
   try:
+    spec = specs.train_spec(config)
     sharding.check_batch_size(config.batch_size, mesh.size, config.microbatches)
   except ValueError as e:
     raise TrainError(str(e)) from None
@@ -257,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   try:
     restored = checkpoint.restore_latest_intact(mngr, config, mesh)
     if restored is None:
-      init = jax.jit(lambda vgg: step_lib.create_train_state(config, vgg, steps_per_epoch),
+      init = jax.jit(lambda vgg: step_lib.create_train_state(spec, vgg, steps_per_epoch),
                      out_shardings=sharding.replicated(mesh))
       state, last_eval = init(vgg_params), {}
       writer.write_hparams(checkpoint.flat_config(config.to_dict()))
@@ -266,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
       logging.info("Resuming from %s",
                    workdir / checkpoint.CHECKPOINT_DIR / str(mngr.latest_step()))
     step = int(jax.device_get(state.step))
-    train_steps = _compile_train_steps(config, steps_per_epoch, mesh, state, vgg_params,
+    train_steps = _compile_train_steps(config, spec, steps_per_epoch, mesh, state, vgg_params,
                                        first_step=step, total_steps=total_steps)
     evaluate_lib.sync_processes(f"ttsr_compiled_{step}")
     interval = _IntervalMetrics(writer)
@@ -322,7 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
     writer.close()
 
 
-def _compile_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
+def _compile_train_steps(config: ml_collections.ConfigDict, spec: specs.TrainSpec,
+                         steps_per_epoch: int,
                          mesh: jax.sharding.Mesh, state: step_lib.TrainState, vgg_params: Params,
                          first_step: int, total_steps: int) -> dict[bool, Callable]:
   """The jitted warm-up (key True) and main (False) steps that the run still needs, compiled now.
@@ -341,7 +344,7 @@ def _compile_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int
   if max(first_step, warmup_steps) < total_steps:
     needed.append(False)
   return {warmup: sharding.jit_train_step(
-      step_lib.make_train_step(config, steps_per_epoch, warmup=warmup), mesh
+      step_lib.make_train_step(spec, steps_per_epoch, warmup=warmup), mesh
   ).lower(state, batch, vgg_params).compile() for warmup in needed}
 
 

@@ -24,7 +24,6 @@ class Discriminator(nn.Module):
 
   in_size: int = 160
   dtype: jnp.dtype = jnp.float32
-  loop_backward: bool = False  # see layers.conv2d
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -32,8 +31,7 @@ class Discriminator(nn.Module):
       raise ValueError(f"Discriminator expects {self.in_size}x{self.in_size} inputs, got "
                        f"{x.shape[1]}x{x.shape[2]} (set train_crop_size = in_size / 4)")
     for i, (channels, stride) in enumerate(_CONVS, start=1):
-      x = _lrelu(Conv2d(channels, 3, stride, dtype=self.dtype,
-                           loop_backward=self.loop_backward, name=f"conv{i}")(x))
+      x = _lrelu(Conv2d(channels, 3, stride, dtype=self.dtype, name=f"conv{i}")(x))
     # The reference flattens NCHW (channel-major); transposing keeps its fc1 weights usable.
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     expected = self.in_size // 32 * self.in_size // 32 * 512

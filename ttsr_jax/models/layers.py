@@ -7,8 +7,11 @@ compute dtype (bfloat16 under the 'fast' policy, models/precision.py), and float
 `Precision.HIGHEST` because TF32 passes on GPUs flip the search's argmax.
 """
 
+import contextlib
+import contextvars
 import functools
 import math
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -105,6 +108,28 @@ def _kernel_gradient(x, dy, k, stride, padding, precision):
   return jnp.stack(rows).reshape(k, c, k, out_c).transpose(0, 2, 1, 3)
 
 
+_IN_LOOP_BODY = contextvars.ContextVar("in_loop_body", default=False)
+
+
+@contextlib.contextmanager
+def loop_body() -> Iterator[None]:
+  """Marks modules applied (traced) inside it as running in the body of a loop that is
+  differentiated (`lax.scan`, `lax.map`): on XLA:CPU their convolutions then take `conv2d`'s
+  backward pass. The values are the same either way; only the speed differs. It is read while
+  tracing: a function that JAX traced and cached outside it (a jitted function called again)
+  keeps the convolutions of that trace."""
+  token = _IN_LOOP_BODY.set(True)
+  try:
+    yield
+  finally:
+    _IN_LOOP_BODY.reset(token)
+
+
+def _convolution():
+  """The convolution to trace here: `conv2d` inside loop bodies on XLA:CPU, XLA's otherwise."""
+  return conv2d if _IN_LOOP_BODY.get() and jax.default_backend() == "cpu" else xla_conv2d
+
+
 class Conv2d(nn.Module):
   """PyTorch `nn.Conv2d(in, features, kernel_size, stride, padding=kernel_size // 2)` in NHWC."""
 
@@ -112,7 +137,6 @@ class Conv2d(nn.Module):
   kernel_size: int = 3
   stride: int = 1
   dtype: Dtype = jnp.float32
-  loop_backward: bool = False  # `conv2d`'s backward pass, for gradients inside XLA:CPU loops
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -121,8 +145,7 @@ class Conv2d(nn.Module):
     kernel = self.param("kernel", _torch_uniform(fan_in),
                         (self.kernel_size, self.kernel_size, in_features, self.features))
     bias = self.param("bias", _torch_uniform(fan_in), (self.features,))
-    conv = conv2d if self.loop_backward else xla_conv2d
-    y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+    y = _convolution()(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
              self.kernel_size // 2, _precision(self.dtype))
     return y + bias.astype(self.dtype)
 

@@ -21,13 +21,11 @@ class LTE(nn.Module):
 
   reduce_lv3: bool = False
   dtype: jnp.dtype = jnp.float32
-  loop_backward: bool = False  # see layers.conv2d
 
   @nn.compact
   def __call__(self, x01: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    feats = vgg19_features(x01, LTE_TAPS, self.dtype, self.loop_backward)
+    feats = vgg19_features(x01, LTE_TAPS, self.dtype)
     lv1, lv2, lv3 = (feats[t] for t in LTE_TAPS)
     if self.reduce_lv3:
-      lv3 = jax.nn.relu(Conv2d(64, dtype=self.dtype, loop_backward=self.loop_backward,
-                                 name="reduce_lv3")(lv3))
+      lv3 = jax.nn.relu(Conv2d(64, dtype=self.dtype, name="reduce_lv3")(lv3))
     return lv1, lv2, lv3

@@ -12,7 +12,7 @@ from ttsr_jax.models.search_transfer import reference_keys, search_keys, transfe
 
 
 # The constructor fields that fix the parameters and the function they compute; the others
-# (search_chunk_size, dtype, remat, loop_backward) change only how it is computed.
+# (search_chunk_size, precision, remat) change only how it is computed.
 ARCHITECTURE_KEYS = ("n_feats", "num_res_blocks", "res_scale", "lte_reduce_lv3")
 
 
@@ -59,13 +59,12 @@ class TTSR(nn.Module):
   search_chunk_size: int = 0
   precision: str = "exact"  # a policy of models/precision.py
   remat: bool = False
-  loop_backward: bool = False  # see layers.conv2d
 
   def setup(self):
     dtype = lambda network: precision_lib.compute_dtype(self.precision, network)
-    self.LTE = LTE(self.lte_reduce_lv3, dtype("lte"), self.loop_backward)
-    self.MainNet = MainNet(self.n_feats, tuple(self.num_res_blocks), self.res_scale,
-                           dtype("main_net"), self.remat, self.loop_backward)
+    self.LTE = LTE(reduce_lv3=self.lte_reduce_lv3, dtype=dtype("lte"))
+    self.MainNet = MainNet(n_feats=self.n_feats, num_res_blocks=tuple(self.num_res_blocks),
+                           res_scale=self.res_scale, dtype=dtype("main_net"), remat=self.remat)
 
   def __call__(self, lr, lrsr, ref, refsr, index: Optional[jnp.ndarray] = None) -> TTSROutput:
     """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests).
@@ -73,8 +72,8 @@ class TTSR(nn.Module):
     Every output is float32 whatever the precision policy (the losses reduce them in float32).
     """
     # The LR side's LTE pass first, then the reference's: the order of the three passes fixes the
-    # order in which their gradients add up in the shared LTE, and so training's float rounding
-    # (the README's demo figures were trained in this order).
+    # order in which their gradients add up in the shared LTE, and so training's float rounding;
+    # keep it, or trained results stop being reproducible across versions.
     lrsr_lv3 = self._lrsr_features(lrsr)
     return self._search_and_transfer(lr, lrsr_lv3, self.reference_features(ref, refsr), index)
 

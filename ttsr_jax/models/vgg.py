@@ -50,8 +50,8 @@ def _max_pool(x: jnp.ndarray) -> jnp.ndarray:
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-def vgg19_features(x01: jnp.ndarray, taps: tuple[str, ...], dtype=jnp.float32,
-                   loop_backward: bool = False) -> dict[str, jnp.ndarray]:
+def vgg19_features(x01: jnp.ndarray, taps: tuple[str, ...], dtype=jnp.float32
+                   ) -> dict[str, jnp.ndarray]:
   """Runs VGG19 on [0, 1] NHWC images up to the last of `taps`; returns those ReLU outputs.
 
   Must be called inside a compact method: the convs become submodules `features_{k}` of the caller.
@@ -64,8 +64,7 @@ def vgg19_features(x01: jnp.ndarray, taps: tuple[str, ...], dtype=jnp.float32,
       x = _max_pool(x)
       continue
     name, index, channels = layer
-    x = jax.nn.relu(Conv2d(channels, dtype=dtype, loop_backward=loop_backward,
-                           name=f"features_{index}")(x))
+    x = jax.nn.relu(Conv2d(channels, dtype=dtype, name=f"features_{index}")(x))
     if name in taps:
       out[name] = x
     if name == last:
@@ -78,10 +77,9 @@ class VGG19(nn.Module):
 
   last: str = "relu5_1"
   dtype: jnp.dtype = jnp.float32  # compute dtype (models/precision.py)
-  loop_backward: bool = False  # see layers.conv2d
 
   @nn.compact
   def __call__(self, x01: jnp.ndarray) -> jnp.ndarray:
     """float32 features (the perceptual loss reduces them in float32) whatever `dtype`."""
-    features = vgg19_features(x01, (self.last,), self.dtype, self.loop_backward)[self.last]
+    features = vgg19_features(x01, (self.last,), self.dtype)[self.last]
     return features.astype(jnp.float32)

@@ -1,0 +1,49 @@
+"""Specs: every config check fails with one line naming the key, and the specs carry the config's
+values to the model and the step."""
+
+import dataclasses
+
+import pytest
+
+import tiny_configs
+from configs import default
+from ttsr_jax import specs
+from ttsr_jax.models.ttsr import TTSR
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.precision", "half", r"config.model.precision 'half': expected one of 'exact', 'fast'"),
+    ("model.num_res_blocks", (1, 1, 1), r"config.model.num_res_blocks \(1, 1, 1\): expected four"),
+    ("model.n_feats", 0, r"config.model.n_feats 0: expected an integer >= 1"),
+    ("model.search_chunk_size", -1, r"config.model.search_chunk_size -1: expected an integer >= 0"),
+    ("loss.gan_k", -1, r"config.loss.gan_k -1: expected an integer >= 0"),
+    ("loss.tpl_type", "l3", r"config.loss.tpl_type 'l3': expected one of \('l1', 'l2'\)"),
+    ("train_crop_size", 0, r"config.train_crop_size 0: expected an integer >= 1"),
+    ("microbatches", 0, r"config.microbatches 0: expected an integer >= 1"),
+    ("microbatches", 2, r"config.batch_size 9 is not divisible by config.microbatches 2"),
+])
+def test_each_bad_value_is_one_line_naming_its_key(key, value, message):
+  config = default.get_config()
+  *parents, field = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[field] = value
+  with pytest.raises(specs.SpecError, match=message) as error:
+    specs.train_spec(config)
+  assert "\n" not in str(error.value)
+
+
+def test_specs_carry_the_config():
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=4)
+  config.model.search_chunk_size = 64
+  spec = specs.train_spec(config)
+  assert spec.model.num_res_blocks == (1, 1, 1, 1) and spec.model.n_feats == 8
+  assert (spec.loss.adv_w, spec.loss.gan_k, spec.optim.eps) == (1e-3, 2, 1e-3)
+  assert (spec.train_crop_size, spec.microbatches, spec.seed) == (8, 1, 0)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    spec.microbatches = 2  # type: ignore[misc]
+  model = spec.model.build(search_chunk_size=128)
+  assert isinstance(model, TTSR)
+  assert (model.n_feats, model.num_res_blocks, model.search_chunk_size) == (8, (1, 1, 1, 1), 128)
+  assert spec.model.build().search_chunk_size == 64
