@@ -24,6 +24,7 @@ from ttsr_jax import losses
 from ttsr_jax import sharding
 from ttsr_jax.models import precision
 from ttsr_jax.models.discriminator import Discriminator
+from ttsr_jax.models.search_transfer import check_search_mode
 from ttsr_jax.models.ttsr import TTSR
 from ttsr_jax.models.vgg import VGG19
 
@@ -46,12 +47,14 @@ def build_model(model_config: ml_collections.ConfigDict, loop_backward: bool = F
   """`loop_backward`: differentiated inside a loop on XLA:CPU (see layers.conv2d).
 
   Raises:
-    ValueError: an unknown `precision` policy.
+    ValueError: an unknown `precision` policy or `search_mode`.
   """
   precision.check(model_config.precision)
+  check_search_mode(model_config.search_mode, "config.model.search_mode")
   return TTSR(n_feats=model_config.n_feats, num_res_blocks=tuple(model_config.num_res_blocks),
               res_scale=model_config.res_scale, lte_reduce_lv3=model_config.lte_reduce_lv3,
               search_chunk_size=model_config.search_chunk_size,
+              search_mode=model_config.search_mode,
               precision=model_config.precision, remat=model_config.remat,
               loop_backward=loop_backward)
 
