@@ -248,8 +248,9 @@ def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, query_rows:
   return index.reshape(n, height * width, count)
 
 
-def _block_rows(chunk_size: int, query_w: int, key_w: int) -> tuple[int, int]:
-  """Rows of queries and of keys per block of `_factored_top` for a search chunk size."""
+def block_rows(chunk_size: int, query_w: int, key_w: int) -> tuple[int, int]:
+  """Rows of queries and of keys per block of the `factored` search (0: all) for a search chunk
+  size, query and key grid widths."""
   if chunk_size <= 0:
     return 0, 0
   return max(1, chunk_size // query_w), max(1, KEY_BLOCK_POSITIONS // key_w)
@@ -270,7 +271,7 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
   cells_h, cells_w = -(-height // 2), -(-width // 2)
   cells_key_w = -(-key_w // 2)
   cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES,
-                        *_block_rows(chunk_size, cells_w, cells_key_w))
+                        *block_rows(chunk_size, cells_w, cells_key_w))
   count = cells.shape[-1]
   m = COARSE_MARGIN
   side = 2 + 2 * m  # key positions per side of a candidate's neighbourhood
@@ -344,7 +345,7 @@ def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
   if index is None:
     query, keys = jax.lax.stop_gradient(lrsr_lv3), jax.lax.stop_gradient(refsr_lv3)
     if mode == "factored":
-      index = _factored_top(query, keys, 1, *_block_rows(chunk_size, w, keys.shape[2]))[..., 0]
+      index = _factored_top(query, keys, 1, *block_rows(chunk_size, w, keys.shape[2]))[..., 0]
     else:
       index = _coarse_argmax(query, keys, chunk_size)
   index = index.astype(jnp.int32)
