@@ -3,6 +3,7 @@
 
   python -m bench.search_modes [--cases demo,cufed5,720p,4k,12mp] [--modes exact,factored,coarse]
                                [--skip 4k:exact,12mp:exact] [--once CASES] [--versus MODE]
+  python -m bench.search_modes --search_only 88x125:92x125 [--modes ...]
 
 Cases are bench.search_memory's. Each (case, mode) runs in its own process, so its peak RSS is
 its own; the modes of a case run one after the other, `--versus` (default exact) first, and the
@@ -17,6 +18,9 @@ output values (uint8) off by one grey level and by more. Columns:
   its multiply-adds (the correlation blocks' products; `exact`: 9C per pair) and GFLOP/s, beside
   the GFLOP/s of a 2048^3 float32 matmul measured in the same process just before;
 * Gmadd (image): the whole image's search multiply-adds, counted the same way over all tiles.
+
+`--search_only` times the searches alone, all modes in one process and in turn (so their ratios
+share the machine's load), on random features of the given grid sizes.
 """
 
 import argparse
@@ -124,6 +128,33 @@ def run_case(case: str, mode: str, runs: int, save: pathlib.Path) -> dict:
               matmul_gflops=matmul, image_gmadd=image_madds / 1e9)
 
 
+def search_only(lr_hw: tuple[int, int], ref_hw: tuple[int, int], modes: list[str],
+                rounds: int = 2) -> None:
+  """Times the search alone (argmax and S) of every mode on random post-ReLU 256-channel
+  features, in this process, the modes in turn for `rounds` rounds (the first compiles)."""
+  import jax
+  from configs import default
+  from ttsr_jax.models import search_transfer as st
+
+  chunk = default.get_config().eval.search_chunk_size
+  k1, k2 = jax.random.split(jax.random.key(0))
+  lr = jax.nn.relu(jax.random.normal(k1, (1, *lr_hw, 256)))
+  ref = jax.nn.relu(jax.random.normal(k2, (1, *ref_hw, 256)))
+  keys = {"exact": jax.jit(st.reference_keys)(ref)}
+  functions = {m: jax.jit(lambda q, k, m=m: st.search_keys(q, k, chunk) if m == "exact"
+                          else st.search_features(q, k, m, chunk)) for m in modes}
+  print(f"LR grid {lr_hw}, reference grid {ref_hw}, chunk {chunk}; matmul "
+        f"{_matmul_gflops():.1f} GFLOP/s")
+  for round_ in range(rounds):
+    for mode in modes:
+      start = time.perf_counter()
+      jax.block_until_ready(functions[mode](lr, keys.get(mode, ref)))
+      seconds = time.perf_counter() - start
+      madds = multiply_adds(mode, lr_hw, ref_hw, 256, chunk)
+      print(f"round {round_}  {mode:8} {seconds:8.2f} s  {madds / 1e9:8.1f} Gmadd  "
+            f"{2 * madds / seconds / 1e9:7.1f} GFLOP/s", flush=True)
+
+
 def compare(result: pathlib.Path, versus: pathlib.Path) -> tuple[float, float, float]:
   """(argmax agreement %, % of output values off by 1, % off by more than 1)."""
   import numpy as np
@@ -142,7 +173,15 @@ def main() -> None:
   parser.add_argument("--once", default="4k,12mp", help="cases timed by their first call only")
   parser.add_argument("--versus", default="exact", help="the mode the others are compared with")
   parser.add_argument("--only", nargs=3, help=argparse.SUPPRESS)  # case mode save-path
+  parser.add_argument("--search_only", metavar="HxW:HxW",
+                      help="only time the searches, in this process, on LR and reference grids "
+                      "of these sizes (lv3 positions)")
   args = parser.parse_args()
+  if args.search_only:
+    lr_hw, ref_hw = (tuple(int(n) for n in side.split("x")) for side in
+                     args.search_only.split(":"))
+    search_only(lr_hw, ref_hw, args.modes.split(","))
+    return
   if args.only:
     case, mode, save = args.only
     print(json.dumps(run_case(case, mode, 1 if case in args.once.split(",") else 2,

@@ -266,7 +266,7 @@ def _pool2x2(x: jnp.ndarray) -> jnp.ndarray:
 def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
   """(N, H*W) approximate argmax of the normalised 3x3-patch inner product: the best of the
   exactly scored patches around the `COARSE_CANDIDATES` best cells of a 2x2-pooled search."""
-  n, height, width, c = query.shape
+  n, height, width, _ = query.shape
   _, key_h, key_w, _ = keys.shape
   cells_h, cells_w = -(-height // 2), -(-width // 2)
   cells_key_w = -(-key_w // 2)
