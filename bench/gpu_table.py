@@ -20,11 +20,10 @@ linearly to 90 % of the device memory, then lowered by a sixth after each out-of
 xla_gpu_enable_latency_hiding_scheduler=false'` against the row with XLA's defaults.
 
 Inference (in `--inference_precisions` and each of `--search_modes`, the eval config's search
-chunk): `demo` is the shipped
-pair (output 500x352), `720p` the same photos at output 1280x720 with a 1280x720 reference,
-`cufed5` the demo LR with its reference five times on the 2500x500 canvas of CUFED5's
-five-reference protocol. First call (compilation included) and steady-state seconds, XLA's
-compiled memory.
+chunk): `demo` is the shipped pair (output 500x352), `720p` the same photos at output 1280x720
+with a 1280x720 reference, `cufed5` the demo LR with its reference five times on the 2500x500
+canvas of CUFED5's five-reference protocol. First call (compilation included) and steady-state
+seconds, XLA's compiled memory.
 
 `--smoke` runs the same code on a tiny model (8 ch, one block per stage, 32x32 patches) at small
 batches, to check the script on a CPU.
