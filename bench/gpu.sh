@@ -5,7 +5,8 @@
 #      and the precision tests;
 #   2. one table (one process, bench/gpu_table.py): for 'exact' and 'fast', the paper model's
 #      all-losses step at batch 6, 32 and the largest that fits (step time, samples/s, TFLOP/s,
-#      % of the device's peak, memory), then demo / 720p / CUFED5 five-reference inference.
+#      % of the device's peak, memory), then demo / 720p / CUFED5 five-reference inference in
+#      each search mode (exact, factored, coarse).
 # Each part has its own time limit (120 + 45 + 300 s), so a slow part cannot eat the others'
 # time; the table prints each row as it finishes, so a part cut short still leaves its rows.
 #

@@ -1,7 +1,8 @@
 """One table of training and inference throughput per precision policy, all in this process.
 
   python -m bench.gpu_table [--precisions exact,fast] [--batches 6,32,max] [--steps 5]
-                            [--cases demo,720p,cufed5] [--inference_precisions exact] [--smoke]
+                            [--cases demo,720p,cufed5] [--inference_precisions exact]
+                            [--search_modes exact,factored,coarse] [--smoke]
                             [--xla_variants 'OPTION=VALUE;...']
 
 Training: the paper model (64 ch, 16+16+8+4) with all four losses and GAN_k 2 on 160x160
@@ -18,17 +19,18 @@ linearly to 90 % of the device memory, then lowered by a sixth after each out-of
 `--xla_variants 'xla_gpu_autotune_level=0;xla_gpu_enable_command_buffer=;
 xla_gpu_enable_latency_hiding_scheduler=false'` against the row with XLA's defaults.
 
-Inference (in `--inference_precisions`, the eval config's search chunk): `demo` is the shipped
-pair (output 500x352), `720p` the same photos at output 1280x720 with a 1280x720 reference,
-`cufed5` the demo LR with its reference five times on the 2500x500 canvas of CUFED5's
-five-reference protocol. First call (compilation included) and steady-state seconds, XLA's
-compiled memory.
+Inference (in `--inference_precisions` and each of `--search_modes`, the eval config's search
+chunk): `demo` is the shipped pair (output 500x352), `720p` the same photos at output 1280x720
+with a 1280x720 reference, `cufed5` the demo LR with its reference five times on the 2500x500
+canvas of CUFED5's five-reference protocol. First call (compilation included) and steady-state
+seconds, XLA's compiled memory.
 
 `--smoke` runs the same code on a tiny model (8 ch, one block per stage, 32x32 patches) at small
 batches, to check the script on a CPU.
 """
 
 import argparse
+import itertools
 import time
 from typing import Any, Optional
 
@@ -158,9 +160,10 @@ def _inference_images(case: str) -> dict[str, np.ndarray]:
   return predict.prepare_inputs(lr, ref)
 
 
-def run_inference(precision: str, case: str, smoke: bool) -> dict:
+def run_inference(precision: str, search_mode: str, case: str, smoke: bool) -> dict:
   config = _config(precision, 1, smoke)
-  model = specs.model_spec(config.model).build(search_chunk_size=config.eval.search_chunk_size)
+  model = specs.model_spec(config.model).build(search_chunk_size=config.eval.search_chunk_size,
+                                               search_mode=search_mode)
   params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = _inference_images(case)
   inputs = [samples.normalize(images[k])[None] for k in ("lr", "lrsr", "ref", "refsr")]
@@ -170,7 +173,8 @@ def run_inference(precision: str, case: str, smoke: bool) -> dict:
     t = time.perf_counter()
     sr = predict.super_resolve(model, params, images).sr
     times.append(time.perf_counter() - t)
-  return dict(precision=precision, case=case, out=f"{sr.shape[1]}x{sr.shape[0]}",
+  return dict(precision=precision, search=search_mode, case=case,
+              out=f"{sr.shape[1]}x{sr.shape[0]}",
               ref=f"{images['ref'].shape[1]}x{images['ref'].shape[0]}", first_s=times[0],
               second_s=times[1], xla_gb=xla_gb, device_peak_gb=_device_peak_gb())
 
@@ -198,6 +202,8 @@ def main() -> None:
   parser.add_argument("--cases", default="demo,720p,cufed5", help="inference cases; '' = none")
   parser.add_argument("--inference_precisions", default="exact",
                       help="policies to run the inference cases in")
+  parser.add_argument("--search_modes", default="exact,factored,coarse",
+                      help="search modes to run the inference cases in")
   parser.add_argument("--smoke", action="store_true", help="a tiny model, to check the script")
   parser.add_argument("--xla_variants", default="",
                       help="';'-separated OPTION=VALUE XLA options, each measured alone at "
@@ -234,14 +240,15 @@ def main() -> None:
         train_row(precision, int(batch), xla_option)
 
   if args.cases:
-    print(f"\n{'precision':9} {'case':7} {'output':>10} {'reference':>10} {'first s':>8} "
-          f"{'second s':>9} {'XLA GB':>7} {'dev peak GB':>11}", flush=True)
-    for precision in args.inference_precisions.split(","):
-      for case in args.cases.split(","):
-        r = run_inference(precision, case, args.smoke)
-        print(f"{r['precision']:9} {r['case']:7} {r['out']:>10} {r['ref']:>10} "
-              f"{r['first_s']:>8.2f} {r['second_s']:>9.3f} {r['xla_gb']:>7.2f} "
-              f"{r['device_peak_gb']:>11.2f}", flush=True)
+    print(f"\n{'precision':9} {'search':8} {'case':7} {'output':>10} {'reference':>10} "
+          f"{'first s':>8} {'second s':>9} {'XLA GB':>7} {'dev peak GB':>11}", flush=True)
+    for precision, search_mode, case in itertools.product(
+        args.inference_precisions.split(","), args.search_modes.split(","),
+        args.cases.split(",")):
+      r = run_inference(precision, search_mode, case, args.smoke)
+      print(f"{r['precision']:9} {r['search']:8} {r['case']:7} {r['out']:>10} {r['ref']:>10} "
+            f"{r['first_s']:>8.2f} {r['second_s']:>9.3f} {r['xla_gb']:>7.2f} "
+            f"{r['device_peak_gb']:>11.2f}", flush=True)
 
   if "max" in batches:
     print("largest batch that fits:", flush=True)

@@ -8,10 +8,12 @@ Cases: `demo` is the shipped pair of assets/demo (LR 125x88 -> output 500x352, r
 a 1280x720 reference, which needs the chunked exact search (the whole relevance matrix would
 be 57600 x 57600 floats, 13 GB); `cufed5` is the paper's five-reference protocol's shape (LR
 125x83, five 500x500 references stitched into 500x2500); `4k` is LR 960x540 (output 3840x2160)
-with a 1280x720 reference. `--tile 0` is the whole-image (untiled) run. Each case runs in its
-own process so its peak RSS is its own; the first call includes compilation, the second is the
-steady-state time (`--once` skips it for long cases). `--cli` times the whole
-`python -m ttsr_jax.infer` command instead (reading PNGs, compiling, writing the PNG).
+with a 1280x720 reference; `12mp` is LR 480x270 (output 1920x1080) with a 4000x3000 reference
+(a phone photo; the `exact` search needs 6.9 GB of unfolded keys for it). `--tile 0` is the
+whole-image (untiled) run. Each case runs in its own process so its peak RSS is its own; the
+first call includes compilation, the second is the steady-state time (`--once` skips it for
+long cases). `--cli` times the whole `python -m ttsr_jax.infer` command instead (reading PNGs,
+compiling, writing the PNG).
 """
 
 import argparse
@@ -27,7 +29,7 @@ import time
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo"
 # (LR HxW, reference HxW, references stitched)
 CASES = {"demo": None, "720p": ((180, 320), (720, 1280), 1), "cufed5": ((83, 125), (500, 500), 5),
-         "4k": ((540, 960), (720, 1280), 1)}
+         "4k": ((540, 960), (720, 1280), 1), "12mp": ((270, 480), (3000, 4000), 1)}
 
 
 def _images(case: str):

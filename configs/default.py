@@ -16,6 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
       res_scale=1.0,
       lte_reduce_lv3=False,  # Exp1-3: extra 256->64 conv at the end of the LTE
       search_chunk_size=0,  # LR positions per relevance block; 0 = whole matrix (small images)
+      # 'exact' (the reference's search), 'factored' (the same scores in another order, 9x fewer
+      # operations) or 'coarse' (approximate, coarse-to-fine): docs/inference.md.
+      search_mode="exact",
       # 'exact': float32 at full precision everywhere (the reference's numbers); 'fast': bfloat16
       # convolutions in MainNet, the perceptual VGG19 and the discriminator, for GPUs/TPUs.
       # Parameters, gradients, optimiser states and losses stay float32 (docs/training.md).
@@ -91,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
       num_images=0,  # first N test images of each protocol only; 0 = all
       num_image_grids=3,  # LR | reference | output | ground truth grids sent to TensorBoard
       search_chunk_size=1024,  # bounds the search's memory on large test images; same results
+      search_mode="exact",  # as config.model.search_mode; also `infer`'s default
   ))
 
   # Multi-host: launch.py calls jax.distributed.initialize(coordinator_address, num_processes,

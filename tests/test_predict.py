@@ -2,9 +2,11 @@
 the tile plan's invariants, and the explain images (`ttsr_jax.explain`) decode back to the
 model's S and index; captioned panels."""
 
+import jax
 import numpy as np
 import pytest
 
+from data_pipeline import samples
 from ttsr_jax import explain
 from ttsr_jax import predict
 from ttsr_jax import tiling
@@ -128,3 +130,39 @@ def test_panels_put_captions_above_images_of_one_height():
   np.testing.assert_array_equal(row[predict.CAPTION_HEIGHT:, :10], a)
   assert (row[:predict.CAPTION_HEIGHT, 10 + predict.PANEL_GAP:] < 128).any()  # caption text
   assert (row[:, 10:10 + predict.PANEL_GAP] == 255).all()
+
+
+@pytest.mark.parametrize("mode", ["factored", "coarse"])
+def test_exact_halo_makes_tiles_identical_to_the_whole_image_in_each_search_mode(images, mode):
+  model, params = TTSR(**TINY, search_mode=mode), random_params()
+  reference = predict.reference_features(model, params, images["ref"])
+  assert reference.keys.shape == (1, REF_HW[0] // 4, REF_HW[1] // 4, 256)  # no unfolded keys
+  want = predict.super_resolve(model, params, images, reference=reference, tile=0)
+  halo = tiling.exact_halo(TINY["num_res_blocks"])
+  tiles = predict.tile_plan(LR_HW, TILE, halo)
+  # Windows at even LR rows and columns: `coarse` pools the same 2x2 cells as the whole image.
+  assert len(tiles) == 4 and all(r.start % 2 == c.start % 2 == 0 for r, c in tiles)
+  got = predict.super_resolve(model, params, images, reference=reference, tile=TILE, halo=halo)
+  np.testing.assert_array_equal(got.index, want.index)
+  np.testing.assert_array_equal(got.s, want.s)
+  np.testing.assert_array_equal(got.sr, want.sr)
+  assert want.grid_hw == (REF_HW[0] // 4, REF_HW[1] // 4)
+
+
+def test_reference_features_in_bands_equal_the_whole_image_ones(model_and_params):
+  """Without unfolded keys the reference's LTE runs in bands of rows with a halo of context; a
+  reference of several bands gives the whole-image features (the last band overlaps)."""
+  model, params = model_and_params
+  rng = np.random.default_rng(2)
+  height = predict.SCALE * (2 * predict.REFERENCE_BAND_ROWS + 2 * predict.REFERENCE_BAND_HALO + 3)
+  ref = rng.integers(0, 256, (height, 24, 3), dtype=np.uint8)
+  whole = predict.reference_features(model, params, ref)
+  banded = predict.reference_features(model.clone(search_mode="factored"), params, ref)
+  refsr_lv3 = jax.jit(lambda p, r, rs: model.apply({"params": p}, r, rs,
+                                                   method=TTSR.reference_textures)[0])
+  prepared = predict.prepare_reference(ref)
+  want_keys = refsr_lv3(params, *(samples.normalize(prepared[k])[None] for k in ("ref", "refsr")))
+  for got, want in zip(banded, (want_keys, *whole[1:])):
+    assert got.shape == want.shape
+    # The same convolutions on other shapes: float32 rounding of their sums (measured: 0 on lv1-3).
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)

@@ -1,5 +1,6 @@
 """Chunked search equals the whole-matrix search; keys made in blocks of rows equal the keys made
-at once; transfer equals unfold -> gather -> fold."""
+at once; transfer equals unfold -> gather -> fold; the `factored` search takes the `exact` one's
+argmax wherever its margin is above float noise, and `coarse` finds a known match."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,8 @@ import pytest
 from parity import load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
-from ttsr_jax.models.search_transfer import reference_keys, search, transfer, unfold3x3
+from ttsr_jax.models.search_transfer import (check_search_mode, reference_keys, search,
+                                             search_features, transfer, unfold3x3)
 from ttsr_jax.models.ttsr import to_unit_range
 
 search_jit = jax.jit(search, static_argnums=2)
@@ -110,3 +112,87 @@ def test_search_gradient_reaches_only_the_selected_patch():
       touched[b, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = True
   assert np.all(np.asarray(grad_ref)[~touched] == 0)
   assert np.any(np.asarray(grad_ref)[touched] != 0)
+
+
+# --- search modes ---------------------------------------------------------------------------------
+
+search_features_jit = jax.jit(search_features, static_argnums=(2, 3))
+
+
+def _scores64(lr, ref):
+  """Normalised 3x3-patch inner products of every pair, in float64: (N, H*W, h*w)."""
+  unfold = lambda x: np.asarray(unfold3x3(x), np.float64)
+  q, k = unfold(lr), unfold(ref)
+  q /= np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+  k /= np.maximum(np.linalg.norm(k, axis=-1, keepdims=True), 1e-12)
+  return np.einsum("nqd,nkd->nqk", q, k)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 11, 40])  # whole; blocks of 1 and 3 rows of 11
+def test_factored_search_matches_exact(chunk_size):
+  lr, ref = _random_features(jax.random.key(5), (9, 11), (13, 7))
+  s_exact, idx_exact = search_jit(lr, ref, 0)
+  s_fact, idx_fact = search_features_jit(lr, ref, "factored", chunk_size)
+  scores = _scores64(lr, ref)
+  top2 = np.sort(scores, axis=-1)[..., -2:]
+  # Each float32 score is a dot product of n = 9C products of unit vectors, in error by at most
+  # n u (u = 2^-24) in either summation order, plus a few u from the norms: where the best score
+  # leads the second by more than twice that, both searches must take it.
+  bound = (9 * lr.shape[-1] + 8) * 2.0 ** -24
+  clear = top2[..., 1] - top2[..., 0] > 2 * bound
+  assert clear.mean() > 0.9
+  want = scores.argmax(-1)
+  np.testing.assert_array_equal(np.asarray(idx_exact)[clear], want[clear])
+  np.testing.assert_array_equal(np.asarray(idx_fact)[clear], want[clear])
+  # S from the chosen pair: the same dot product of the same normalised vectors.
+  s_same, _ = search_features_jit(lr, ref, "factored", chunk_size, idx_exact)
+  np.testing.assert_allclose(np.asarray(s_same), np.asarray(s_exact), rtol=0, atol=bound)
+
+
+def test_factored_search_matches_exact_on_real_images():
+  weights = load_case("a_weights.npz")
+  case_b = load_case("b_forward_testpath.npz")
+  lte_params = convert.import_state_dict(
+      {k: v for k, v in weights.items() if k.startswith("LTE.")},
+      {"LTE": convert.abstract_params(LTE(), jnp.zeros((1, 16, 16, 3)))})["LTE"]
+  lv3 = jax.jit(lambda x: LTE().apply({"params": lte_params}, to_unit_range(x))[2])
+  lr, ref = lv3(nhwc(case_b["lrsr"])), lv3(nhwc(case_b["refsr"])[:, :148, :108])
+  s_exact, idx_exact = search_jit(lr, ref, 100)
+  s_fact, idx_fact = search_features_jit(lr, ref, "factored", 100)
+  agree = np.asarray(idx_fact) == np.asarray(idx_exact)
+  # Where the reference's own search was fragile, float noise may pick either near-equal patch.
+  assert agree[~case_b["R_fragile"]].all()
+  # 9C = 2304 products per score: the float32 rounding bound of the dot product (as above).
+  np.testing.assert_allclose(np.asarray(s_fact).ravel()[agree[0]],
+                             np.asarray(s_exact).ravel()[agree[0]], rtol=0,
+                             atol=(2304 + 8) * 2.0 ** -24)
+
+
+@pytest.mark.parametrize("offset", [(4, 6), (3, 5)])  # on the coarse search's 2x2 cells, and not
+def test_coarse_search_finds_a_pasted_copy(offset):
+  """The reference holds a copy of the LR features: every LR position whose patch lies inside
+  the copy has a perfect match there (cosine 1), which `coarse` must find as `exact` does."""
+  rng = np.random.default_rng(0)
+  # Post-ReLU features, smooth as image features are: 2x2 blocks of values plus a little noise.
+  relu_normal = lambda shape: np.maximum(rng.standard_normal(shape), 0)
+  coarse = relu_normal((1, 6, 7, 16)).repeat(2, axis=1).repeat(2, axis=2)
+  lr = (coarse + 0.1 * rng.random(coarse.shape)).astype(np.float32)
+  ref = relu_normal((1, 24, 22, 16)).astype(np.float32)
+  r0, c0 = offset
+  ref[:, r0:r0 + 12, c0:c0 + 14] = lr
+  inner = np.zeros((12, 14), bool)
+  inner[1:-1, 1:-1] = True  # border patches see the LR image's zero padding, not the copy's
+  rows, cols = np.nonzero(inner)
+  want = (rows + r0) * 22 + cols + c0
+  _, idx_exact = search_jit(jnp.asarray(lr), jnp.asarray(ref), 0)
+  np.testing.assert_array_equal(np.asarray(idx_exact)[0][inner.ravel()], want)
+  for chunk_size in (0, 5):
+    s, idx = search_features_jit(jnp.asarray(lr), jnp.asarray(ref), "coarse", chunk_size)
+    np.testing.assert_array_equal(np.asarray(idx)[0][inner.ravel()], want)
+    np.testing.assert_allclose(np.asarray(s)[0].ravel()[inner.ravel()], 1, atol=1e-6)
+
+
+def test_unknown_search_mode_is_a_one_line_error():
+  with pytest.raises(ValueError, match=r"^config.eval.search_mode 'fast': expected one of "
+                     r"exact, factored, coarse$"):
+    check_search_mode("fast", "config.eval.search_mode")

@@ -16,6 +16,7 @@ from ttsr_jax.models.ttsr import TTSR
     ("model.num_res_blocks", (1, 1, 1), r"config.model.num_res_blocks \(1, 1, 1\): expected four"),
     ("model.n_feats", 0, r"config.model.n_feats 0: expected an integer >= 1"),
     ("model.search_chunk_size", -1, r"config.model.search_chunk_size -1: expected an integer >= 0"),
+    ("model.search_mode", "fast", r"config.model.search_mode 'fast': expected one of exact, "),
     ("loss.gan_k", -1, r"config.loss.gan_k -1: expected an integer >= 0"),
     ("loss.tpl_type", "l3", r"config.loss.tpl_type 'l3': expected one of \('l1', 'l2'\)"),
     ("train_crop_size", 0, r"config.train_crop_size 0: expected an integer >= 1"),
@@ -46,4 +47,5 @@ def test_specs_carry_the_config():
   model = spec.model.build(search_chunk_size=128)
   assert isinstance(model, TTSR)
   assert (model.n_feats, model.num_res_blocks, model.search_chunk_size) == (8, (1, 1, 1, 1), 128)
+  assert model.search_mode == "exact"
   assert spec.model.build().search_chunk_size == 64

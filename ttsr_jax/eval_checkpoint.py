@@ -33,6 +33,7 @@ from data_pipeline import files
 from ttsr_jax import checkpoint
 from ttsr_jax import compile_cache
 from ttsr_jax import evaluate
+from ttsr_jax.models.search_transfer import SEARCH_MODES
 
 
 def _parse_bool(text: str) -> bool:
@@ -69,7 +70,10 @@ def _parser(eval_defaults: ml_collections.ConfigDict) -> argparse.ArgumentParser
     parse = {bool: _parse_bool, tuple: _parse_ints}.get(kind, kind)
     value = eval_defaults[key]
     shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-    parser.add_argument(f"--{key}", type=parse, default=value,
+    # --search: the name `infer` gives the search mode.
+    names = [f"--{key}"] + ["--search"] * (key == "search_mode")
+    choices = SEARCH_MODES if key == "search_mode" else None
+    parser.add_argument(*names, type=parse, default=value, choices=choices,
                         help=f"config.eval.{key} (default: {shown})")
   return parser
 

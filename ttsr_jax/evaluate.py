@@ -33,6 +33,7 @@ from data_pipeline import testsets
 from ttsr_jax import metrics as metrics_lib
 from ttsr_jax import predict
 from ttsr_jax import specs
+from ttsr_jax.models.search_transfer import check_search_mode
 
 Params = Any
 Batch = dict[str, np.ndarray]
@@ -178,8 +179,10 @@ class Evaluator:
       raise ValueError("config.eval: no protocol to evaluate; set levels or multi_reference")
     # The metric that ranks checkpoints: the PSNR of the first protocol.
     self.primary_metric = f"{self._protocols[0].name}/psnr"
+    check_search_mode(e.search_mode, "config.eval.search_mode")
     # The search's chunking bounds its memory on large test images and does not change sr.
-    model = specs.model_spec(config.model).build(search_chunk_size=e.search_chunk_size)
+    model = specs.model_spec(config.model).build(search_chunk_size=e.search_chunk_size,
+                                                 search_mode=e.search_mode)
     self._sr = predict.sr_function(model)
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique

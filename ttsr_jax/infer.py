@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from configs import default
 from data_pipeline import files
 from ttsr_jax import checkpoint
 from ttsr_jax import compile_cache
@@ -34,6 +35,7 @@ from ttsr_jax import explain
 from ttsr_jax import predict
 from ttsr_jax import references
 from ttsr_jax import tiling
+from ttsr_jax.models.search_transfer import SEARCH_MODES
 from ttsr_jax.models.ttsr import TTSR
 
 Params = dict[str, Any]
@@ -41,6 +43,7 @@ Params = dict[str, Any]
 SCALE = predict.SCALE
 DEFAULT_MAX_PIXELS = predict.DEFAULT_MAX_PIXELS
 DEFAULT_SEARCH_CHUNK_SIZE = predict.DEFAULT_SEARCH_CHUNK_SIZE
+DEFAULT_SEARCH_MODE = default.get_config().eval.search_mode
 
 
 class InferError(Exception):
@@ -289,6 +292,10 @@ def _infer_parser() -> argparse.ArgumentParser:
                       default=DEFAULT_SEARCH_CHUNK_SIZE,
                       help="LR positions per block of the relevance matrix, bounding its memory; "
                       "0 = whole matrix (default: %(default)s)")
+  parser.add_argument("--search", choices=SEARCH_MODES, default=DEFAULT_SEARCH_MODE,
+                      help="relevance search: 'exact' (the reference's), 'factored' (the same "
+                      "scores, 9x fewer operations) or 'coarse' (approximate, coarse-to-fine); "
+                      "docs/inference.md (default: %(default)s)")
   parser.add_argument("--max_pixels", type=_int_at_least(1), default=DEFAULT_MAX_PIXELS,
                       help="sanity cap on the output and the reference, in pixels "
                       "(default: %(default)s, 7680x4320)")
@@ -348,7 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 0
     jobs = _jobs(args)
     params, model_config = checkpoint.load_generator(args.checkpoint, **_architecture_flags(args))
-    model = TTSR(**model_config, search_chunk_size=args.search_chunk_size)
+    model = TTSR(**model_config, search_chunk_size=args.search_chunk_size,
+                 search_mode=args.search)
     if args.ref_pool is not None:
       jobs = pick_references(jobs, args.ref_pool, args.pick, params)
     run(jobs, model, params, compare=args.compare, explain_images=args.explain,

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from ttsr_jax.models import precision as precision_lib
+from ttsr_jax.models import search_transfer
 from ttsr_jax.models.ttsr import TTSR
 
 
@@ -26,6 +27,7 @@ class ModelSpec:
   res_scale: float = 1.0
   lte_reduce_lv3: bool = False  # Exp1-3's extra 256->64 conv at the end of the LTE
   search_chunk_size: int = 0  # LR positions per relevance block; 0 = the whole matrix
+  search_mode: str = "exact"  # one of search_transfer.SEARCH_MODES
   precision: str = "exact"  # a policy of models/precision.py
   remat: bool = False
 
@@ -111,6 +113,10 @@ def check(config: Any) -> None:
                             ("num_init_epochs", config.num_init_epochs, 0)):
     if value < least:
       raise SpecError(f"config.{key} {value}: expected an integer >= {least}")
+  try:
+    search_transfer.check_search_mode(model.search_mode, "config.model.search_mode")
+  except ValueError as e:
+    raise SpecError(str(e)) from None
   if loss.tpl_type not in TPL_TYPES:
     raise SpecError(f"config.loss.tpl_type {loss.tpl_type!r}: expected one of {TPL_TYPES}")
   if config.batch_size % config.microbatches:

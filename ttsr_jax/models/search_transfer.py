@@ -14,6 +14,22 @@ gathered patches is written as nine gathers straight from the reference feature 
 q receives, from each of the (up to) 3x3 LR positions i whose window covers it, the reference value
 at q + s * (index(i) - i), which is what unfold -> gather -> fold computes without the
 (patch_length x H*W) intermediates.
+
+Besides that `exact` search (the reference's numbers, used in training and evaluation), two
+search modes for inference on large images (docs/inference.md):
+
+* `factored`: the inner product of two zero-padded 3x3 patches is the sum over the nine offsets o
+  of the C-channel inner products <f(p+o), g(r+o)>, so the scores of all pairs are one C-channel
+  correlation between positions followed by a sum of nine diagonally shifted copies of it, divided
+  by the key's norm (the query's norm is the same for a whole row and does not move its argmax).
+  The same numbers summed in another order, with 9x fewer multiply-adds, and the reference side
+  needs only its lv3 map, not its 9x unfolded keys.
+* `coarse`: coarse-to-fine matching as in MASA-SR (Lu et al., CVPR 2021): a factored search on
+  2x2-average-pooled features gives a few candidate cells of the reference for each 2x2 cell of
+  LR positions; each LR position then takes the best patch, scored exactly, in the
+  neighbourhoods of those cells at full resolution.
+
+Both recompute S from the chosen pair as `exact` does.
 """
 
 from typing import Optional
@@ -22,6 +38,20 @@ import jax
 import jax.numpy as jnp
 
 _NORM_EPS = 1e-12
+SEARCH_MODES = ("exact", "factored", "coarse")
+# Reference positions scored at a time by the `factored` search (with the LR positions of one
+# chunk): bounds the correlation block however large the reference is.
+KEY_BLOCK_POSITIONS = 16384
+# `coarse`: candidate reference cells kept per 2x2 cell of LR positions, and the margin, in
+# full-resolution positions, of the neighbourhood searched around each.
+COARSE_CANDIDATES = 4
+COARSE_MARGIN = 1
+
+
+def check_search_mode(mode: str, name: str = "search_mode") -> None:
+  """Raises ValueError (one line naming `name`) unless `mode` is one of SEARCH_MODES."""
+  if mode not in SEARCH_MODES:
+    raise ValueError(f"{name} {mode!r}: expected one of {', '.join(SEARCH_MODES)}")
 
 
 def unfold3x3(x: jnp.ndarray) -> jnp.ndarray:
@@ -121,6 +151,206 @@ def search_keys(lrsr_lv3: jnp.ndarray, keys: jnp.ndarray, chunk_size: int = 0,
   index = index.astype(jnp.int32)
   selected = jnp.take_along_axis(keys, index[:, :, None], axis=1)
   s = jnp.sum(query * selected, axis=-1)
+  return s.reshape(n, h, w, 1), index
+
+
+def _box3x3(x: jnp.ndarray) -> jnp.ndarray:
+  """(N, h, w) -> (N, h, w): sums of the zero-padded 3x3 neighbourhoods."""
+  _, h, w = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1)))
+  return sum(padded[:, di:di + h, dj:dj + w] for di in range(3) for dj in range(3))
+
+
+def inverse_key_norms(refsr_lv3: jnp.ndarray) -> jnp.ndarray:
+  """(N, h, w): 1 / the norm of each position's zero-padded 3x3 patch (as `l2_normalize`
+  divides), from per-position squared norms instead of unfolded patches."""
+  sumsq = _box3x3(jnp.sum(refsr_lv3 * refsr_lv3, axis=-1))
+  return 1 / jnp.sqrt(jnp.maximum(sumsq, _NORM_EPS * _NORM_EPS))
+
+
+def _patch_scores(query_rows: jnp.ndarray, key_rows: jnp.ndarray,
+                  key_scale: jnp.ndarray) -> jnp.ndarray:
+  """Inner products of all 3x3 patches of two feature windows, scaled per key.
+
+  Args:
+    query_rows: (B, a+2, W+2, C) zero-padded features whose inner (a, W) positions are queries.
+    key_rows: (B, b+2, w+2, C) the same for (b, w) key positions.
+    key_scale: (B, b, w) factor of each key's scores (1 / its norm).
+
+  Returns:
+    (B, a, W, b, w) scores.
+  """
+  corr = jnp.einsum("nijc,nklc->nijkl", query_rows, key_rows,
+                    precision=jax.lax.Precision.HIGHEST)
+  _, a2, w2, b2, v2 = corr.shape
+  a, width, b, w = a2 - 2, w2 - 2, b2 - 2, v2 - 2
+  scores = sum(corr[:, di:di + a, dj:dj + width, di:di + b, dj:dj + w]
+               for di in range(3) for dj in range(3))
+  return scores * key_scale[:, None, None]
+
+
+def _best(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The `count` largest of (..., K) scores and their positions, the lower position first among
+  equal scores (as argmax)."""
+  if count == 1:
+    index = jnp.argmax(scores, axis=-1)[..., None]
+    return jnp.take_along_axis(scores, index, axis=-1), index.astype(jnp.int32)
+  values, index = jax.lax.top_k(scores, count)
+  return values, index.astype(jnp.int32)
+
+
+def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, query_rows: int,
+                  key_rows: int) -> jnp.ndarray:
+  """The `count` best keys of every query by normalised 3x3-patch inner product, as
+  (N, H*W, count) row-major indices into keys' (h, w) grid, best first.
+
+  query (N, H, W, C) and keys (N, h, w, C) are feature maps; blocks of `query_rows` rows of
+  queries are scored against blocks of `key_rows` rows of keys (0: all rows) and the best are
+  kept as the key blocks go by, so one (query_rows x W x key_rows x w) block of scores exists at a
+  time.
+  """
+  n, height, width, _ = query.shape
+  _, key_h, key_w, _ = keys.shape
+  query_rows = height if query_rows <= 0 else min(query_rows, height)
+  key_rows = key_h if key_rows <= 0 else min(key_rows, key_h)
+  count = min(count, key_h * key_w)
+  query_padded = jnp.pad(query, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  keys_padded = jnp.pad(keys, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  key_scale = inverse_key_norms(keys)
+  # The last key block starts early enough to end at the last row; the keys it sees again
+  # cannot displace themselves (only a larger score replaces a kept one).
+  key_starts = jnp.minimum(jnp.arange(-(-key_h // key_rows)) * key_rows, key_h - key_rows)
+
+  def query_block(start):
+    rows = jax.lax.dynamic_slice_in_dim(query_padded, start, query_rows + 2, axis=1)
+
+    def key_block(kept, key_start):
+      scores = _patch_scores(
+          rows, jax.lax.dynamic_slice_in_dim(keys_padded, key_start, key_rows + 2, axis=1),
+          jax.lax.dynamic_slice_in_dim(key_scale, key_start, key_rows, axis=1))
+      values, index = _best(scores.reshape(n, query_rows, width, key_rows * key_w), count)
+      # Kept ones first: among equal scores the earlier (lower) key index stays.
+      values = jnp.concatenate([kept[0], values], axis=-1)
+      index = jnp.concatenate([kept[1], index + key_start * key_w], axis=-1)
+      best_values, best = _best(values, count)
+      return (best_values, jnp.take_along_axis(index, best, axis=-1)), None
+
+    kept = (jnp.full((n, query_rows, width, count), -jnp.inf, query.dtype),
+            jnp.zeros((n, query_rows, width, count), jnp.int32))
+    (_, index), _ = jax.lax.scan(key_block, kept, key_starts)
+    return index
+
+  if query_rows == height:
+    index = query_block(0)
+  else:
+    index = _fill_in_blocks(query_block, jnp.zeros((n, height, width, count), jnp.int32),
+                            query_rows)
+  return index.reshape(n, height * width, count)
+
+
+def block_rows(chunk_size: int, query_w: int, key_w: int) -> tuple[int, int]:
+  """Rows of queries and of keys per block of the `factored` search (0: all) for a search chunk
+  size, query and key grid widths."""
+  if chunk_size <= 0:
+    return 0, 0
+  return max(1, chunk_size // query_w), max(1, KEY_BLOCK_POSITIONS // key_w)
+
+
+def _pool2x2(x: jnp.ndarray) -> jnp.ndarray:
+  """(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C) means of 2x2 cells (zero-padded to even)."""
+  n, h, w, c = x.shape
+  x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+  return x.reshape(n, x.shape[1] // 2, 2, x.shape[2] // 2, 2, c).mean(axis=(2, 4))
+
+
+def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jnp.ndarray:
+  """(N, H*W) approximate argmax of the normalised 3x3-patch inner product: the best of the
+  exactly scored patches around the `COARSE_CANDIDATES` best cells of a 2x2-pooled search."""
+  n, height, width, _ = query.shape
+  _, key_h, key_w, _ = keys.shape
+  cells_h, cells_w = -(-height // 2), -(-width // 2)
+  cells_key_w = -(-key_w // 2)
+  cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES,
+                        *block_rows(chunk_size, cells_w, cells_key_w))
+  count = cells.shape[-1]
+  m = COARSE_MARGIN
+  side = 2 + 2 * m  # key positions per side of a candidate's neighbourhood
+  # Queries: each cell's 2x2 positions with one position of context around (4x4).
+  query_padded = jnp.pad(query, ((0, 0), (1, 1 + height % 2), (1, 1 + width % 2), (0, 0)))
+  # Keys: a neighbourhood's positions start m before the cell and need one more of context.
+  pad = m + 1
+  keys_padded = jnp.pad(keys, ((0, 0), (pad, pad + 2), (pad, pad + 2), (0, 0)))
+  key_scale = jnp.pad(inverse_key_norms(keys), ((0, 0), (m, m + 2), (m, m + 2)))
+  valid = jnp.pad(jnp.ones((n, key_h, key_w), bool), ((0, 0), (m, m + 2), (m, m + 2)))
+  cell_r, cell_c = jnp.divmod(jnp.arange(cells_h * cells_w), cells_w)
+
+  def windows(padded, rows, cols, size):
+    """padded[b, rows + i, cols + j] for i, j < size: (N, ..., size, size[, C])."""
+    offsets = jnp.arange(size)
+    r = rows[..., None, None] + offsets[:, None]
+    s = cols[..., None, None] + offsets[None, :]
+    return padded[jnp.arange(n).reshape((n,) + (1,) * (r.ndim - 1)), r, s]
+
+  block = chunk_size if 0 < chunk_size < cells_h * cells_w else cells_h * cells_w
+
+  def cell_block(start):
+    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, block, axis=x.ndim - 1)
+    rows, cols = sl(cell_r)[None], sl(cell_c)[None]
+    q = windows(query_padded, 2 * rows, 2 * cols, 4)  # (N, B, 4, 4, C)
+    cand = jax.lax.dynamic_slice_in_dim(cells, start, block, axis=1)  # (N, B, count)
+    key_r, key_c = 2 * (cand // cells_key_w), 2 * (cand % cells_key_w)
+    k = windows(keys_padded, key_r, key_c, side + 2)  # (N, B, count, side+2, side+2, C)
+    # The keys as the left operand: XLA:CPU runs these many small products several times faster
+    # that way round.
+    corr = jnp.einsum("nbkuvc,nbijc->nbkuvij", k, q, precision=jax.lax.Precision.HIGHEST)
+    scores = sum(corr[:, :, :, di:di + side, dj:dj + side, di:di + 2, dj:dj + 2]
+                 for di in range(3) for dj in range(3))  # (N, B, count, side, side, 2, 2)
+    scale = windows(key_scale, key_r, key_c, side)[..., None, None]
+    inside = windows(valid, key_r, key_c, side)[..., None, None]
+    scores = jnp.where(inside, scores * scale, -jnp.inf)
+    best = jnp.argmax(scores.reshape(n, block, count * side * side, 2, 2), axis=2)
+    k_index, offset = jnp.divmod(best, side * side)
+    off_r, off_c = jnp.divmod(offset, side)
+    chosen = jnp.take_along_axis(cand, k_index.reshape(n, block, 4), axis=-1)
+    chosen = chosen.reshape(n, block, 2, 2)
+    r = 2 * (chosen // cells_key_w) - m + off_r
+    s = 2 * (chosen % cells_key_w) - m + off_c
+    return (r * key_w + s).astype(jnp.int32)  # (N, B, 2, 2)
+
+  out = jnp.zeros((n, cells_h * cells_w, 2, 2), jnp.int32)
+  index = cell_block(0) if block == cells_h * cells_w else _fill_in_blocks(cell_block, out, block)
+  index = index.reshape(n, cells_h, cells_w, 2, 2).transpose(0, 1, 3, 2, 4)
+  return index.reshape(n, 2 * cells_h, 2 * cells_w)[:, :height, :width].reshape(n, -1)
+
+
+def selected_patches(refsr_lv3: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """(N, Q, 9C): the zero-padded 3x3 patches (as `unfold3x3` orders them) of the (N, Q)
+  row-major positions `index` of refsr_lv3's grid."""
+  n, h, w, c = refsr_lv3.shape
+  padded = jnp.pad(refsr_lv3, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n, -1, c)
+  rows, cols = index // w, index % w
+  shifts = [jnp.take_along_axis(padded, ((rows + di) * (w + 2) + cols + dj)[..., None], axis=1)
+            for di in range(3) for dj in range(3)]
+  return jnp.concatenate(shifts, axis=-1)
+
+
+def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
+                    chunk_size: int = 0, index: Optional[jnp.ndarray] = None
+                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`search` in the `factored` or `coarse` mode, from the reference's lv3 map itself.
+
+  `chunk_size` > 0: LR positions per block (rounded to whole rows; `coarse`: 2x2 cells per
+  block), each scored against blocks of about KEY_BLOCK_POSITIONS reference positions."""
+  n, h, w, _ = lrsr_lv3.shape
+  if index is None:
+    query, keys = jax.lax.stop_gradient(lrsr_lv3), jax.lax.stop_gradient(refsr_lv3)
+    if mode == "factored":
+      index = _factored_top(query, keys, 1, *block_rows(chunk_size, w, keys.shape[2]))[..., 0]
+    else:
+      index = _coarse_argmax(query, keys, chunk_size)
+  index = index.astype(jnp.int32)
+  query = l2_normalize(unfold3x3(lrsr_lv3))
+  s = jnp.sum(query * l2_normalize(selected_patches(refsr_lv3, index)), axis=-1)
   return s.reshape(n, h, w, 1), index
 
 

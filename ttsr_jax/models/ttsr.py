@@ -8,18 +8,21 @@ import jax.numpy as jnp
 from ttsr_jax.models import precision as precision_lib
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.main_net import MainNet
-from ttsr_jax.models.search_transfer import reference_keys, search_keys, transfer
+from ttsr_jax.models.search_transfer import (check_search_mode, reference_keys, search_features,
+                                             search_keys, transfer)
 
 
 # The constructor fields that fix the parameters and the function they compute; the others
-# (search_chunk_size, precision, remat) change only how it is computed.
+# (search_chunk_size, search_mode, precision, remat) change only how it is computed
+# (search_mode 'coarse' approximates the search).
 ARCHITECTURE_KEYS = ("n_feats", "num_res_blocks", "res_scale", "lte_reduce_lv3")
 
 
 class ReferenceFeatures(NamedTuple):
-  """What the model needs of a reference, independent of the LR image: the search's keys
-  (N, h, w, 9C) and the LTE features of `ref` at three levels (N, Hr, Wr, 64), (N, Hr/2, Wr/2,
-  128), (N, h, w, C3), with h, w = Hr/4, Wr/4."""
+  """What the model needs of a reference, independent of the LR image: the search's keys and the
+  LTE features of `ref` at three levels (N, Hr, Wr, 64), (N, Hr/2, Wr/2, 128), (N, h, w, C3), with
+  h, w = Hr/4, Wr/4. The keys are the normalised unfolded patches (N, h, w, 9C) in the `exact`
+  search mode, refsr's lv3 features themselves (N, h, w, C) in the others."""
 
   keys: jnp.ndarray
   lv1: jnp.ndarray
@@ -57,10 +60,12 @@ class TTSR(nn.Module):
   res_scale: float = 1.0
   lte_reduce_lv3: bool = False
   search_chunk_size: int = 0
+  search_mode: str = "exact"  # one of search_transfer.SEARCH_MODES
   precision: str = "exact"  # a policy of models/precision.py
   remat: bool = False
 
   def setup(self):
+    check_search_mode(self.search_mode)
     dtype = lambda network: precision_lib.compute_dtype(self.precision, network)
     self.LTE = LTE(reduce_lv3=self.lte_reduce_lv3, dtype=dtype("lte"))
     self.MainNet = MainNet(n_feats=self.n_feats, num_res_blocks=tuple(self.num_res_blocks),
@@ -80,7 +85,8 @@ class TTSR(nn.Module):
   def reference_features(self, ref: jnp.ndarray, refsr: jnp.ndarray) -> ReferenceFeatures:
     """The reference's part of the forward pass, computed once and reused for any LR image."""
     refsr_lv3, ref_levels = self.reference_textures(ref, refsr)
-    return ReferenceFeatures(reference_keys(refsr_lv3), *ref_levels)
+    keys = reference_keys(refsr_lv3) if self.search_mode == "exact" else refsr_lv3
+    return ReferenceFeatures(keys, *ref_levels)
 
   def reference_textures(self, ref: jnp.ndarray, refsr: jnp.ndarray
                          ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]:
@@ -99,7 +105,11 @@ class TTSR(nn.Module):
 
   def _search_and_transfer(self, lr, lrsr_lv3, reference: ReferenceFeatures,
                            index: Optional[jnp.ndarray]) -> TTSROutput:
-    s, index = search_keys(lrsr_lv3, reference.keys, self.search_chunk_size, index)
+    if self.search_mode == "exact":
+      s, index = search_keys(lrsr_lv3, reference.keys, self.search_chunk_size, index)
+    else:
+      s, index = search_features(lrsr_lv3, reference.keys, self.search_mode,
+                                 self.search_chunk_size, index)
     lr_hw = lr.shape[1:3]
     t_lv3, t_lv2, t_lv1 = transfer(index, reference.keys.shape[2], lr_hw, reference.lv1,
                                    reference.lv2, reference.lv3)
