@@ -79,13 +79,13 @@ def run_case(case: str, mode: str, runs: int, save: pathlib.Path) -> dict:
   from bench import search_memory
   from configs import default
   from data_pipeline import samples
-  from ttsr_jax import predict, step
+  from ttsr_jax import predict, specs
   from ttsr_jax.models import search_transfer as st
   from ttsr_jax.models.ttsr import TTSR, to_unit_range
 
   config = default.get_config()
   chunk = config.eval.search_chunk_size
-  model = step.build_model(config.model).clone(search_chunk_size=chunk, search_mode=mode)
+  model = specs.model_spec(config.model).build(search_chunk_size=chunk, search_mode=mode)
   params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = predict.prepare_inputs(*search_memory._images(case))  # pylint: disable=protected-access
   matmul = _matmul_gflops()
