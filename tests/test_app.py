@@ -152,7 +152,7 @@ def test_explorer_clips_the_patch_at_the_reference_corner():
     ("empty", "image: empty.png: unreadable or truncated image"),
     ("text", "image: notes.txt: unreadable or truncated image"),
     ("small_ref", "reference: small.png: image is 8 x 8, expected at least 12 x 12"),
-    ("too_large", "image: LR of 125 x 88 gives a 500 x 352 output (176,000 pixels), above "
+    ("too_large", "image: LR of 88 x 125 gives a 352 x 500 output (176,000 pixels), above "
                   "--max_pixels 100,000"),
     ("no_image", "no image: upload a low-resolution image"),
     ("no_reference", "no reference: upload one or several reference photos"),
