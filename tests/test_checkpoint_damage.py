@@ -35,6 +35,13 @@ from ttsr_jax import train
 FILE_SIZE_LIMIT = 4 << 20
 
 
+@pytest.fixture(autouse=True)
+def absl_warnings(caplog):
+  """These tests read training's warnings; the commands other tests run in this process
+  (`report.main`, `eval_checkpoint.main`) leave absl's verbosity at ERROR."""
+  caplog.set_level(logging.WARNING, logger="absl")
+
+
 @pytest.fixture(scope="module")
 def config():
   return all_losses(train_crop_size=8, batch_size=2)
