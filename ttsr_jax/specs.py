@@ -31,12 +31,14 @@ class ModelSpec:
   precision: str = "exact"  # a policy of models/precision.py
   remat: bool = False
 
+  def __post_init__(self):
+    # Configs and JSON give lists; a tuple keeps the spec hashable and equal to its config.
+    object.__setattr__(self, "num_res_blocks", tuple(self.num_res_blocks))
+
   def build(self, **how: Any) -> TTSR:
     """The generator module; `how` overrides fields that change how it computes, not what
     (e.g. `search_chunk_size` for large images)."""
-    fields = dataclasses.asdict(self)
-    fields["num_res_blocks"] = tuple(fields["num_res_blocks"])
-    return TTSR(**{**fields, **how})
+    return TTSR(**{**dataclasses.asdict(self), **how})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +129,7 @@ def check(config: Any) -> None:
 def model_spec(model_config: Mapping[str, Any]) -> ModelSpec:
   """The `ModelSpec` of a `config.model` (fields it does not describe, such as the VGG19 weight
   file, are left out)."""
-  spec = ModelSpec(**_fields(ModelSpec, model_config))
-  return dataclasses.replace(spec, num_res_blocks=tuple(spec.num_res_blocks))
+  return ModelSpec(**_fields(ModelSpec, model_config))
 
 
 def train_spec(config: Any) -> TrainSpec:
