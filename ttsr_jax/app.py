@@ -12,7 +12,6 @@ programs of `ttsr_jax.predict` are reused by every request of the same sizes.
 
 import argparse
 import dataclasses
-import functools
 import pathlib
 import sys
 import tempfile
@@ -112,9 +111,7 @@ def load_engine(checkpoint_path: pathlib.Path, *, ref_pool: Optional[pathlib.Pat
   pool = None
   if ref_pool is not None:
     paths = tuple(files.list_images(ref_pool))
-    pool = Pool(paths, references.describe(
-        [functools.partial(files.read_rgb, p, min_size=predict.MIN_REF_SIDE) for p in paths],
-        params))
+    pool = Pool(paths, references.describe_files(paths, params))
   return Engine(model, params, description, max_pixels, pool)
 
 

@@ -15,7 +15,6 @@ by `ttsr_jax.predict` (the model), `ttsr_jax.checkpoint` (both checkpoint kinds)
 import argparse
 import contextlib
 import dataclasses
-import functools
 import pathlib
 import sys
 import time
@@ -143,8 +142,7 @@ def pick_references(jobs: Sequence[Job], pool_dir: pathlib.Path, pick: int,
   """Gives each job the `pick` photos of `pool_dir` most relevant to its LR image
   (`references.rank`), stitched if several, and prints which they are."""
   pool = files.list_images(pool_dir)
-  pool_descriptors = references.describe(
-      [functools.partial(files.read_rgb, p, min_size=predict.MIN_REF_SIDE) for p in pool], params)
+  pool_descriptors = references.describe_files(pool, params)
   picked = []
   for job in jobs:
     ranking = references.rank(files.read_rgb(job.lr, min_size=predict.MIN_LR_SIDE),

@@ -9,14 +9,18 @@ image's. It ranks a pool in one small batched program per 8 photos, without runn
 against every candidate.
 """
 
+import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from data_pipeline import files
 from data_pipeline import pairs
 from data_pipeline import samples
 from data_pipeline import similarity
+from ttsr_jax import predict
 
 SCALE = samples.SCALE
 # Side of the square thumbnail each image is described on.
@@ -52,6 +56,16 @@ def describe(loaders: Sequence[Callable[[], np.ndarray]], params: dict) -> np.nd
   """
   photos = [pairs.Photo(str(i), 0, 0, str(i), load) for i, load in enumerate(loaders)]
   return similarity.descriptors(photos, texture_params(params), RELEVANCE_SIZE)
+
+
+def describe_files(paths: Sequence[os.PathLike], params: dict) -> np.ndarray:
+  """`describe` of image files, each read (and checked to be a usable reference) when described.
+
+  Raises:
+    files.DatasetError: a file is unreadable or smaller than a reference may be.
+  """
+  loaders = [functools.partial(files.read_rgb, p, min_size=predict.MIN_REF_SIDE) for p in paths]
+  return describe(loaders, params)
 
 
 class Ranking(NamedTuple):
