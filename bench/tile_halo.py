@@ -16,12 +16,11 @@ import numpy as np
 
 from bench import search_memory
 from data_pipeline import files
-from ttsr_jax import checkpoint
+from ttsr_jax import generators
 from ttsr_jax import predict
 from ttsr_jax import specs
 from ttsr_jax import tiling
 from configs import default
-from ttsr_jax.models.ttsr import TTSR
 
 
 def main() -> None:
@@ -34,17 +33,16 @@ def main() -> None:
   parser.add_argument("--tile", type=int, default=256)
   args = parser.parse_args()
   if args.checkpoint:
-    params, model_config = checkpoint.load_generator(args.checkpoint)
-    model = TTSR(**model_config, search_chunk_size=1024)
+    params, spec = generators.load(args.checkpoint)
+    model = spec.build(search_chunk_size=1024)
   else:
-    model_config = default.get_config().model
-    model = specs.model_spec(model_config).build(search_chunk_size=1024)
-    model_config = dict(num_res_blocks=model.num_res_blocks, lte_reduce_lv3=model.lte_reduce_lv3)
+    spec = specs.model_spec(default.get_config().model)
+    model = spec.build(search_chunk_size=1024)
     params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = predict.prepare_inputs(files.read_rgb(args.lr), files.read_rgb(args.ref))
   reference = predict.reference_features(model, params, images["ref"])
   whole = predict.super_resolve(model, params, images, reference=reference, tile=0)
-  exact = tiling.exact_halo(model_config["num_res_blocks"], model_config["lte_reduce_lv3"])
+  exact = tiling.exact_halo(spec.num_res_blocks, spec.lte_reduce_lv3)
   print(f"LR {images['lr'].shape[0]}x{images['lr'].shape[1]}, tile {args.tile}, exact halo "
         f"{exact}; {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'random weights'}")
   print(f"{'halo':>4} {'tiles':>5} {'>1 grey level %':>16} {'differ %':>9} {'max diff':>8} "

@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs.default import get_config
 from data_pipeline import samples
-from ttsr_jax import checkpoint
+from ttsr_jax import generators
 from ttsr_jax import convert
 from ttsr_jax import infer
 from ttsr_jax import predict
@@ -140,8 +140,8 @@ def test_case_b_from_the_command_line(case_b_files, tmp_path):
 def test_orbax_checkpoint_loads_generator_and_config(workdir, tiny_params, where):
   path = {"workdir": workdir, "checkpoints": workdir / "checkpoints",
           "step": workdir / "checkpoints" / "3"}[where]
-  params, model_config = checkpoint.load_generator(path)
-  assert model_config == dict(TINY_CONFIG, res_scale=1.0)
+  params, model = generators.load(path)
+  assert model.architecture() == dict(TINY_CONFIG, res_scale=1.0)
   assert _tree_equal(params, tiny_params)
 
 
@@ -175,16 +175,16 @@ def test_export_then_import_is_the_identity(workdir, tiny_params, tmp_path, caps
   assert "n_feats 8, num_res_blocks 1+1+1+1" in stdout
   with np.load(out) as exported:
     assert {"LTE.sub_mean.weight", "MainNet.SFE.conv_head.weight"} <= set(exported.files)
-  params, model_config = checkpoint.load_generator(out)
-  assert model_config == TINY_CONFIG
+  params, model = generators.load(out)
+  assert model.architecture() == dict(TINY_CONFIG, res_scale=1.0)
   assert _tree_equal(params, tiny_params)
 
 
 def test_export_to_pytorch_round_trip(workdir, tiny_params, tmp_path):
   pytest.importorskip("torch", reason="writing/reading .pt needs torch, an optional dependency")
   out = tmp_path / "ttsr.pt"
-  checkpoint.export_generator(workdir, out)
-  params, _ = checkpoint.load_generator(out)
+  generators.export(workdir, out)
+  params, _ = generators.load(out)
   assert _tree_equal(params, tiny_params)
 
 

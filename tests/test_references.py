@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipeline import samples
 from ttsr_jax import app
-from ttsr_jax import checkpoint
+from ttsr_jax import generators
 from ttsr_jax import demo_model
 from ttsr_jax import infer
 from ttsr_jax import references
@@ -33,7 +33,7 @@ def _photo(name: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def params() -> dict:
-  return checkpoint.load_generator(demo_model.CHECKPOINT)[0]
+  return generators.load(demo_model.CHECKPOINT)[0]
 
 
 def test_demo_reference_ranks_first(params):

@@ -21,6 +21,7 @@ from ttsr_jax import eval_checkpoint
 from ttsr_jax import evaluate
 from ttsr_jax import metrics
 from ttsr_jax import report
+from ttsr_jax import specs
 from tiny_configs import random_params
 
 # Test images are not multiples of 4. Every reference, the LR images included, is 12 x 12, so
@@ -140,11 +141,11 @@ def test_missing_references_name_the_file(root, tmp_path):
     (dict(sizes="resize"), "config.eval.sizes 'resize': expected one of"),
     (dict(sets="cufed5", levels=()), "no protocol to evaluate"),
 ])
-def test_evaluator_rejects_eval_values_it_cannot_evaluate(overrides, message):
+def test_eval_values_no_evaluation_can_be_made_of_fail_the_spec(overrides, message):
   config = default.get_config()
   config.eval.update(overrides)
-  with pytest.raises(ValueError, match=message):
-    evaluate.Evaluator(config)
+  with pytest.raises(specs.SpecError, match=message):
+    specs.eval_spec(config)
 
 
 def test_results_table_lists_each_set_and_protocol_with_bicubic():
@@ -155,7 +156,8 @@ def test_results_table_lists_each_set_and_protocol_with_bicubic():
              (("level1", 26.0), ("multi_reference", 27.0), ("sun80", 30.0), ("manga109", 28.0))
              for score, value in zip(evaluate.SCORES, (base, 0.8, base - 2, 0.7))}
   images = {"level1": 126, "multi_reference": 126, "sun80": 80, "manga109": 109}
-  table = evaluate.results_table(evaluate.evaluate_record(config, results, images, checkpoint="c"))
+  spec = specs.eval_spec(config)
+  table = evaluate.results_table(evaluate.evaluate_record(spec, results, images, checkpoint="c"))
   assert table[0].startswith("Metric 'mmagic': Y channel, 4 pixels shaved per side; sides not "
                              "multiples of 4 cropped at the bottom and right")
   assert table[2] == ("| set | protocol | images | reference | PSNR | SSIM | bicubic PSNR | "
@@ -169,7 +171,7 @@ def test_results_table_lists_each_set_and_protocol_with_bicubic():
       "| Manga109 | manga109 | 109 | another image of the set, drawn (seed 7) | 28.000 | 0.8000 | "
       "26.000 | 0.7000 |"]
   # Records written before the counts were recorded show a dash.
-  old_record = evaluate.evaluate_record(config, results, images)
+  old_record = evaluate.evaluate_record(spec, results, images)
   del old_record["images"]
   assert evaluate.results_table(old_record)[4].startswith("| CUFED5 | level1 | — | its level-1")
 
@@ -216,7 +218,7 @@ def test_report_shows_the_combined_table_of_eval_files(tmp_path):
   results = {f"{name}/{score}": 20.0 for name in ("urban100", "wrsr") for score in evaluate.SCORES}
   workdir = tmp_path / "run"
   workdir.mkdir()
-  record = evaluate.evaluate_record(config, results, {"urban100": 100, "wrsr": 80},
+  record = evaluate.evaluate_record(specs.eval_spec(config), results, {"urban100": 100, "wrsr": 80},
                                     checkpoint="ckpt/7", step=7)
   (workdir / "eval_7.json").write_text(json.dumps(record))
   readme, _ = report.write_report([workdir], tmp_path / "report", num_samples=0)

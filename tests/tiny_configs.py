@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 
 from configs import default
-from ttsr_jax import checkpoint
+from ttsr_jax import generators
+from ttsr_jax import specs
 
 TINY = dict(n_feats=8, num_res_blocks=(1, 1, 1, 1))  # TTSR(**TINY)
 
@@ -17,7 +18,7 @@ def random_params(model_config: dict = TINY, seed: int = 0) -> dict:
   """Generator parameters for TTSR(**model_config), drawn with NumPy at PyTorch's default scale
   (U(-b, b), b = 1/sqrt(fan_in) of the layer): `TTSR.init` would compile a random-number program
   for every parameter shape, which takes XLA:CPU longer than most tests."""
-  shapes = checkpoint.abstract_generator_params(model_config)
+  shapes = generators.abstract_params(specs.ModelSpec(**model_config))
   # A bias shares its layer's (its kernel's) fan-in.
   fan_ins = {jax.tree_util.keystr(path[:-1]): math.prod(leaf.shape[:-1])
              for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]

@@ -30,6 +30,7 @@ from data_pipeline import samples
 from ttsr_jax import checkpoint
 from ttsr_jax import demo_model
 from ttsr_jax import explain
+from ttsr_jax import generators
 from ttsr_jax import metrics
 from ttsr_jax import predict
 from ttsr_jax import references
@@ -101,18 +102,18 @@ def load_engine(checkpoint_path: pathlib.Path, *, ref_pool: Optional[pathlib.Pat
     checkpoint.CheckpointError: the checkpoint cannot be loaded.
     files.DatasetError: the pool directory is missing, empty or holds an unreadable image.
   """
-  params, model_config = checkpoint.load_generator(checkpoint_path)
-  model = TTSR(**model_config, search_chunk_size=predict.DEFAULT_SEARCH_CHUNK_SIZE)
+  params, model = generators.load(checkpoint_path)
+  module = model.build(search_chunk_size=predict.DEFAULT_SEARCH_CHUNK_SIZE)
   params = jax.device_put(params)
   if pathlib.Path(checkpoint_path).resolve() == demo_model.CHECKPOINT:
     description = demo_model.DESCRIPTION
   else:
-    description = f"{pathlib.Path(checkpoint_path).name} ({checkpoint.describe(model_config)})"
+    description = f"{pathlib.Path(checkpoint_path).name} ({model.describe()})"
   pool = None
   if ref_pool is not None:
     paths = tuple(files.list_images(ref_pool))
     pool = Pool(paths, references.describe_files(paths, params))
-  return Engine(model, params, description, max_pixels, pool)
+  return Engine(module, params, description, max_pixels, pool)
 
 
 def read_upload(path: str, what: str, min_size: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Checkpoints: the Orbax layout of a training run (retention, restore, the model-config check)
-and the generator of either checkpoint kind for inference and export.
+"""The checkpoints of a training run: the Orbax layout, retention, the content check, restore and
+the model-config check.
 
 This module is the one owner of the layout:
 
@@ -22,17 +22,12 @@ the manifest) that Orbax cannot restore. Training resumes from the latest intact
 (`restore_latest_intact`); the commands that read a checkpoint stop with one line naming the
 step, the file, the reason and the newest intact step of the directory.
 
-Inference reads a generator from either kind (`load_generator`): a reference state dict file
-(`.pt`/`.pth`, needs torch, or `.npz` of the same keys; the architecture comes from its keys,
-`convert.infer_model_config`, and res_scale, which a state dict does not record, from the caller)
-or a directory of the layout above, of which only `state`'s `g_params` entry is read (a partial
-restore) and `config`'s "model" entry. Such a PATH may be WORKDIR, WORKDIR/checkpoints (the
-latest step) or one step directory.
+Evaluation and inference read only the generator's parameters of a step
+(`read_generator_params`); `ttsr_jax/generators.py` reads them for inference and export.
 """
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -40,26 +35,22 @@ import sys
 from typing import Any, Optional, Union
 
 from absl import logging
-import flax
 from flax import traverse_util
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from ttsr_jax import convert
 from ttsr_jax import sharding
 from ttsr_jax import specs
 from ttsr_jax import step as step_lib
-from ttsr_jax.models.ttsr import ARCHITECTURE_KEYS, TTSR
+from ttsr_jax.models.ttsr import ARCHITECTURE_KEYS
 
 PathLike = Union[str, pathlib.Path]
 Params = dict[str, Any]
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "psnr"
-STATE_DICT_SUFFIXES = (".npz", ".pt", ".pth")
 MANIFEST = "manifest.json"
 DAMAGED_SUFFIX = ".damaged"
 # Config fields that fix the parameters' shapes or the function they compute; a checkpoint
@@ -381,6 +372,15 @@ def model_differences(stored: dict[str, Any], config: ml_collections.ConfigDict)
           for field in MODEL_FIELDS if _lookup(stored, field) != _lookup(current, field)]
 
 
+def _check_model(where: pathlib.Path, stored: dict[str, Any],
+                 config: ml_collections.ConfigDict) -> None:
+  differences = model_differences(stored, config)
+  if differences:
+    raise CheckpointError(
+        f"{where}: written by a run with another model config ({'; '.join(differences)}); "
+        "use another --workdir, or set these fields as the checkpoint has them")
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.ConfigDict,
             mesh: jax.sharding.Mesh) -> tuple[step_lib.TrainState, Optional[dict[str, float]]]:
   """The TrainState of `step`, replicated over `mesh`, and that step's evaluation metrics.
@@ -393,23 +393,53 @@ def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.Confi
   """
   where = pathlib.Path(mngr.directory) / str(step)
   verify(where)
-  stored = _restore_config(mngr, step)
-  differences = model_differences(stored, config)
-  if differences:
-    raise CheckpointError(
-        f"{where}: written by a run with another model config ({'; '.join(differences)}); "
-        "use another --workdir, or set these fields as the checkpoint has them")
+  _check_model(where, _restore_config(mngr, step), config)
   target = abstract_train_state(config, mesh)
   state = _restore_item(mngr, step, "state", ocp.args.StandardRestore(target))
   return state, mngr.metrics(step)
 
 
-def read_state(directory: PathLike, step: int, config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh) -> tuple[step_lib.TrainState, Optional[dict[str, float]]]:
-  """`restore` of one checkpoint under `directory`, read-only; a damaged one is reported with the
-  newest intact step of the directory."""
+def _check_shapes(where: pathlib.Path, params: Params, target: Params,
+                  stored: dict[str, Any]) -> None:
+  # NumPy restores take the stored shapes whatever the target says, so a model that does not
+  # describe the stored parameters would only fail deep inside it.
+  flat_target = traverse_util.flatten_dict(target)
+  for path, value in traverse_util.flatten_dict(params).items():
+    want = flat_target[path].shape
+    if value.shape != want:
+      described = specs.ModelSpec(**{key: _lookup(stored, f"model.{key}")
+                                     for key in ARCHITECTURE_KEYS}).describe()
+      raise CheckpointError(f"{where}: g_params/{'/'.join(path)} has shape {value.shape}, but "
+                            f"the model config stored with it ({described}) needs {want}")
+
+
+def read_generator_params(directory: PathLike, step: int, target: Params,
+                          config: Optional[ml_collections.ConfigDict] = None) -> Params:
+  """Only the generator's parameters (`state`'s g_params) of checkpoint `step` under `directory`,
+  as NumPy arrays: a partial restore that reads neither the discriminator nor the optimisers.
+
+  Args:
+    directory, step: as `locate` gives them.
+    target: the parameters' shapes and dtypes (`generators.abstract_params`).
+    config: when given, the checkpoint must have been written with its model (MODEL_FIELDS).
+
+  Raises:
+    DamagedCheckpointError: the state's or config's files are damaged (naming the newest intact
+      step of the directory).
+    CheckpointError: stored shapes other than `target`'s, or a checkpoint of another model.
+  """
+  where = pathlib.Path(directory) / str(step)
   with _naming_newest_intact(), manager(directory, read_only=True) as mngr:
-    return restore(mngr, step, config, mesh)
+    verify(where, ("state", "config"))
+    stored = _restore_config(mngr, step)
+    if config is not None:
+      _check_model(where, stored, config)
+    restored = _restore_item(mngr, step, "state", ocp.args.PyTreeRestore(
+        item={"g_params": target},
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"g_params": target}),
+        partial_restore=True))
+  _check_shapes(where, restored["g_params"], target, stored)
+  return restored["g_params"]
 
 
 def restore_latest_intact(
@@ -472,136 +502,5 @@ def locate(workdir: PathLike, checkpoint: str = "latest") -> tuple[pathlib.Path,
     if step is None or not (directory / str(step) / "config").is_dir():
       what = "evaluated checkpoint (with metrics)" if checkpoint == "best" else "checkpoint"
       raise CheckpointError(f"{directory}: no {what} found; expected WORKDIR/{CHECKPOINT_DIR}/"
-                            "<step>/{state,config} from training, or a reference state dict file "
-                            f"({', '.join(STATE_DICT_SUFFIXES)})")
+                            "<step>/{state,config} from training")
   return directory.absolute(), step  # Orbax refuses relative paths
-
-
-# --- the generator of either checkpoint kind, for inference and export --------------------------
-
-def abstract_generator_params(model_config: dict[str, Any]) -> Params:
-  """Shapes and dtypes of the generator parameters for TTSR constructor arguments."""
-  return convert.abstract_params(TTSR(**model_config), *step_lib.example_inputs())
-
-
-def _format(value: Any) -> str:
-  return "+".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-
-
-def describe(model_config: dict[str, Any]) -> str:
-  """'n_feats 64, num_res_blocks 16+16+8+4, ...' for messages."""
-  return ", ".join(f"{k} {_format(v)}" for k, v in model_config.items())
-
-
-def _merge_flags(path: pathlib.Path, model_config: dict[str, Any],
-                 flags: dict[str, Any]) -> dict[str, Any]:
-  """Adds architecture flags the checkpoint does not record; rejects those it contradicts."""
-  for key, value in flags.items():
-    if value is not None and key in model_config and model_config[key] != value:
-      raise CheckpointError(f"{path}: the checkpoint has {key}={_format(model_config[key])}, "
-                            f"--{key} asks for {_format(value)} (a checkpoint of another model)")
-  return {**{k: v for k, v in flags.items() if v is not None}, **model_config}
-
-
-def _load_state_dict(path: pathlib.Path, flags: dict[str, Any]) -> tuple[Params, dict[str, Any]]:
-  try:
-    state_dict = convert.load_state_dict(path)
-  except ImportError as e:
-    raise CheckpointError(str(e)) from None
-  except (OSError, ValueError) as e:  # a damaged archive, a pickle inside an .npz
-    raise CheckpointError(f"{path}: not a readable state dict ({' '.join(str(e).split())})"
-                          ) from None
-  try:
-    model_config = _merge_flags(path, convert.infer_model_config(state_dict), flags)
-    params = convert.import_state_dict(state_dict, abstract_generator_params(model_config))
-  except convert.StateDictError as e:
-    raise CheckpointError(f"{path}: {e}") from None
-  return params, model_config
-
-
-def _check_shapes(where: pathlib.Path, params: Params, target: Params,
-                  model_config: dict[str, Any]) -> None:
-  # NumPy restores take the stored shapes whatever the target says, so a config that does not
-  # describe the stored parameters would only fail deep inside the model.
-  flat_target = flax.traverse_util.flatten_dict(target)
-  for path, value in flax.traverse_util.flatten_dict(params).items():
-    want = flat_target[path].shape
-    if value.shape != want:
-      raise CheckpointError(f"{where}: g_params/{'/'.join(path)} has shape {value.shape}, but the "
-                            f"model config stored with it ({describe(model_config)}) needs {want}")
-
-
-def _restore_generator(path: pathlib.Path,
-                       flags: dict[str, Any]) -> tuple[Params, dict[str, Any]]:
-  directory, step = locate(path, str(path))
-  where = directory / str(step)
-  with _naming_newest_intact(), manager(directory, read_only=True) as mngr:
-    verify(where, ("state", "config"))
-    config = _restore_config(mngr, step)
-    stored = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(stored, dict) or any(k not in stored for k in ARCHITECTURE_KEYS):
-      raise CheckpointError(f"{where / 'config'}: no model config with "
-                            f"{', '.join(ARCHITECTURE_KEYS)} under 'model'")
-    model_config = {k: stored[k] for k in ARCHITECTURE_KEYS}
-    model_config["num_res_blocks"] = tuple(model_config["num_res_blocks"])
-    model_config = _merge_flags(path, model_config, flags)
-    target = abstract_generator_params(model_config)
-    restored = _restore_item(mngr, step, "state", ocp.args.PyTreeRestore(
-        item={"g_params": target},
-        restore_args=ocp.checkpoint_utils.construct_restore_args({"g_params": target}),
-        partial_restore=True))
-  params = restored["g_params"]
-  _check_shapes(where, params, target, model_config)
-  return params, model_config
-
-
-def load_generator(path: PathLike, **flags: Any) -> tuple[Params, dict[str, Any]]:
-  """Reads generator parameters and their model config from a checkpoint of either kind.
-
-  Args:
-    path: a reference state dict file (.pt/.pth/.npz) or an Orbax checkpoint (workdir,
-      workdir/checkpoints or a step directory; layout in the module docstring).
-    **flags: architecture values the caller expects (keys of ARCHITECTURE_KEYS, None = any): those
-      the checkpoint records must agree, the others are added to the returned config.
-
-  Returns:
-    ({'LTE': ..., 'MainNet': ...} as NumPy arrays, TTSR constructor arguments).
-
-  Raises:
-    CheckpointError: no such checkpoint, an unreadable one, or one of another model.
-  """
-  path = pathlib.Path(path)
-  if path.is_dir():
-    return _restore_generator(path, flags)
-  if not path.is_file():
-    raise CheckpointError(f"{path}: checkpoint not found")
-  if path.suffix not in STATE_DICT_SUFFIXES:
-    raise CheckpointError(f"{path}: unknown checkpoint kind; expected an Orbax checkpoint "
-                          f"directory or a reference state dict ({', '.join(STATE_DICT_SUFFIXES)})")
-  return _load_state_dict(path, flags)
-
-
-def export_generator(path: PathLike, out: PathLike, **flags: Any) -> dict[str, Any]:
-  """Writes a checkpoint's generator as a reference-layout state dict (.npz, or .pt with torch).
-
-  Returns the model config; res_scale is not part of a state dict, so a value other than 1 has to
-  be passed again (`--res_scale`) when the export is used.
-  """
-  out = pathlib.Path(out)
-  if out.suffix not in STATE_DICT_SUFFIXES:
-    raise CheckpointError(f"{out}: unknown export format; expected "
-                          f"{', '.join(STATE_DICT_SUFFIXES)}")
-  # Checked before the checkpoint is read, which can take a while.
-  if out.suffix != ".npz" and importlib.util.find_spec("torch") is None:
-    raise CheckpointError(f"{out}: writing PyTorch files needs torch (pip install torch); "
-                          "export to .npz instead")
-  params, model_config = load_generator(path, **flags)
-  state_dict = convert.export_state_dict(params, vgg_prefix="LTE")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  if out.suffix == ".npz":
-    with open(out, "wb") as f:  # np.savez on a name would append '.npz' to other suffixes
-      np.savez(f, **state_dict)
-  else:
-    import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, out)
-  return model_config

@@ -18,6 +18,7 @@ the sets whose files are missing, naming them. Compiled programs persist across 
 """
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -33,6 +34,8 @@ from data_pipeline import files
 from ttsr_jax import checkpoint
 from ttsr_jax import compile_cache
 from ttsr_jax import evaluate
+from ttsr_jax import generators
+from ttsr_jax import specs
 from ttsr_jax.models.search_transfer import SEARCH_MODES
 
 
@@ -78,15 +81,17 @@ def _parser(eval_defaults: ml_collections.ConfigDict) -> argparse.ArgumentParser
   return parser
 
 
-def eval_config(args: argparse.Namespace,
-                model_config: dict[str, Any]) -> ml_collections.ConfigDict:
-  """configs/default.py with the flags' eval values and the checkpoint's architecture."""
+def eval_spec(args: argparse.Namespace) -> specs.EvalSpec:
+  """The checked evaluation of configs/default.py with the flags' values.
+
+  Raises:
+    specs.SpecError: a flag value no evaluation can be made of.
+  """
   config = default.get_config()
   config.data.cufed_dir = args.cufed_dir
   for key in config.eval:
     config.eval[key] = getattr(args, key)
-  config.model.update(model_config)
-  return config
+  return specs.eval_spec(config)
 
 
 def _step(path: pathlib.Path) -> tuple[str, Optional[int]]:
@@ -97,16 +102,15 @@ def _step(path: pathlib.Path) -> tuple[str, Optional[int]]:
   return str(directory / str(step)), step
 
 
-def _without_missing_sets(config: ml_collections.ConfigDict, evaluator: evaluate.Evaluator
+def _without_missing_sets(model: specs.ModelSpec, evaluator: evaluate.Evaluator
                           ) -> tuple[evaluate.Evaluator, dict[str, str]]:
-  """An evaluator of the sets of `config.eval.sets` that are present, and the others' reasons."""
+  """An evaluator of the sets of `evaluator` that are present, and the others' reasons."""
   missing = evaluator.missing_sets()
-  kept = [s for s in evaluate.parse_sets(config.eval.sets) if s not in missing]
+  kept = tuple(s for s in evaluator.spec.sets if s not in missing)
   if not kept:
     raise files.MissingDataError("no test set is present: " + "; ".join(missing.values()))
   if missing:
-    config.eval.sets = ",".join(kept)
-    evaluator = evaluate.Evaluator(config)
+    evaluator = evaluate.Evaluator(model, dataclasses.replace(evaluator.spec, sets=kept))
   return evaluator, missing
 
 
@@ -125,14 +129,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cache = compile_cache.enable()
   skipped: dict[str, str] = {}
   try:
-    params, model_config = checkpoint.load_generator(args.checkpoint, res_scale=args.res_scale)
+    spec = eval_spec(args)
+    params, model = generators.load(args.checkpoint, res_scale=args.res_scale)
     checkpoint_name, step = _step(args.checkpoint)
-    config = eval_config(args, model_config)
-    evaluator = evaluate.Evaluator(config)  # ValueError: eval values it cannot evaluate
+    evaluator = evaluate.Evaluator(model, spec)
     if args.skip_missing:
-      evaluator, skipped = _without_missing_sets(config, evaluator)
+      evaluator, skipped = _without_missing_sets(model, evaluator)
     evaluator.check_data()
-  except (checkpoint.CheckpointError, files.DatasetError, ValueError) as e:
+  except (checkpoint.CheckpointError, files.DatasetError, specs.SpecError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   for test_set, reason in skipped.items():
@@ -156,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   def keep(results: dict[str, float]) -> None:
     scored.update(results)
     if args.out is not None:
-      _write_json(args.out, evaluate.evaluate_record(config, scored, evaluator.images, **extra))
+      _write_json(args.out, evaluate.evaluate_record(evaluator.spec, scored, evaluator.images,
+                                                     **extra))
 
   status = 0
   try:
@@ -172,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (f" and in {args.out}" if args.out is not None else ""), file=sys.stderr)
   if scored:
     print("\n".join(evaluate.results_table(
-        evaluate.evaluate_record(config, scored, evaluator.images, **extra))))
+        evaluate.evaluate_record(evaluator.spec, scored, evaluator.images, **extra))))
   return status
 
 

@@ -5,7 +5,7 @@ and the combined results table.
 Protocols, named by their result keys: CUFED5 'level1' .. 'level5' (one reference of that
 similarity level; the reference's evaluation is 'level1') and 'multi_reference' (the five
 references stitched); 'sun80', 'urban100', 'manga109', 'wrsr' (one reference each, chosen as
-`config.eval` says; docs/data.md, "Test sets").
+the `specs.EvalSpec` says; docs/data.md, "Test sets").
 
 Test images keep their own sizes (batch 1), so the model is compiled once per input shape; the
 compiled functions live as long as the `Evaluator` (and, with `ttsr_jax.compile_cache` on, on
@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import jax
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -33,7 +32,6 @@ from data_pipeline import testsets
 from ttsr_jax import metrics as metrics_lib
 from ttsr_jax import predict
 from ttsr_jax import specs
-from ttsr_jax.models.search_transfer import check_search_mode
 
 Params = Any
 Batch = dict[str, np.ndarray]
@@ -61,7 +59,6 @@ def image_grid(batch: Batch, sr: np.ndarray) -> np.ndarray:
                          ("ground truth", hr)])
 
 
-SETS = ("cufed5", "sun80", "urban100", "manga109", "wrsr")
 SET_TITLES = {"cufed5": "CUFED5", "sun80": "Sun80", "urban100": "Urban100",
               "manga109": "Manga109", "wrsr": "WR-SR"}
 
@@ -74,15 +71,6 @@ class Protocol:
   name: str  # the result keys' prefix
   open: Callable[[], tuple[int, Iterator[tuple[str, Batch]]]]
   image_files: Callable[[], list[pathlib.Path]]
-
-
-def parse_sets(text: str) -> list[str]:
-  """The sets of `config.eval.sets` ('cufed5,sun80'), in order."""
-  sets = [part.strip().lower() for part in text.split(",") if part.strip()]
-  if not sets or any(s not in SETS for s in sets) or len(set(sets)) < len(sets):
-    raise ValueError(f"config.eval.sets {text!r}: expected distinct comma-separated names from "
-                     f"{','.join(SETS)}")
-  return sets
 
 
 def protocol_set(name: str) -> str:
@@ -142,48 +130,27 @@ def results_table(record: Mapping[str, Any]) -> list[str]:
           *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-def evaluate_record(config: ml_collections.ConfigDict, results: Mapping[str, float],
+def evaluate_record(spec: specs.EvalSpec, results: Mapping[str, float],
                     images: Mapping[str, int], **extra: Any) -> dict[str, Any]:
   """What eval_<step>.json holds: `extra` (checkpoint, step), the metric protocol, the
   `config.eval` values under 'eval', the images scored per protocol (`Evaluator.images`) and the
   results."""
-  return {**extra, "protocol": config.eval.protocol, "eval": config.eval.to_dict(),
-          "images": dict(images), **results}
+  return {**extra, "protocol": spec.protocol, "eval": spec.settings(), "images": dict(images),
+          **results}
 
 
 class Evaluator:
-  """Evaluates generator parameters on the test sets and protocols `config.eval` names."""
+  """Evaluates generator parameters of `model` on the test sets and protocols `spec` names
+  (checked by `specs.eval_spec`)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    e = config.eval
-    self._sets = parse_sets(e.sets)
-    for level in e.levels:
-      if not 1 <= level <= 5:
-        raise ValueError(f"config.eval.levels: level {level} is not in 1..5")
-    if e.protocol not in metrics_lib.PROTOCOLS:
-      raise ValueError(f"config.eval.protocol {e.protocol!r}: expected one of "
-                       f"{metrics_lib.PROTOCOLS}")
-    if e.protocol == "ttsr" and (e.crop_border is not None or e.y_channel):
-      raise ValueError("config.eval.crop_border and y_channel apply to protocol 'mmagic' only "
-                       "('ttsr' is the Y channel with no border shaved); leave them None, False")
-    if e.crop_border is not None and e.crop_border < 0:
-      raise ValueError(f"config.eval.crop_border {e.crop_border}: expected >= 0")
-    for key, choices in (("sun80_reference", testsets.SUN80_CHOICES),
-                         ("manga109_reference", testsets.MANGA109_CHOICES),
-                         ("sizes", testsets.SIZE_CHOICES)):
-      if e[key] not in choices:
-        raise ValueError(f"config.eval.{key} {e[key]!r}: expected one of {choices}")
-    self._config = config
+  def __init__(self, model: specs.ModelSpec, spec: specs.EvalSpec):
+    self.spec = spec
     self._protocols = self._make_protocols()
-    if not self._protocols:
-      raise ValueError("config.eval: no protocol to evaluate; set levels or multi_reference")
     # The metric that ranks checkpoints: the PSNR of the first protocol.
     self.primary_metric = f"{self._protocols[0].name}/psnr"
-    check_search_mode(e.search_mode, "config.eval.search_mode")
     # The search's chunking bounds its memory on large test images and does not change sr.
-    model = specs.model_spec(config.model).build(search_chunk_size=e.search_chunk_size,
-                                                 search_mode=e.search_mode)
-    self._sr = predict.sr_function(model)
+    self._sr = predict.sr_function(model.build(search_chunk_size=spec.search_chunk_size,
+                                               search_mode=spec.search_mode))
     self._baseline: dict[tuple[str, str], tuple[float, float]] = {}
     self._evaluations = 0  # makes the barrier names unique
     self._compiled_shapes: set[tuple[tuple[int, ...], ...]] = set()
@@ -191,7 +158,7 @@ class Evaluator:
     self.images: dict[str, int] = {}
 
   def _make_protocols(self) -> list[Protocol]:
-    e, cufed_dir = self._config.eval, self._config.data.cufed_dir
+    e, cufed_dir = self.spec, self.spec.cufed_dir
 
     def cufed(samples_fn: Callable[[], Iterator[tuple[str, Batch]]]):
       return lambda: (len(files.cufed5_groups(cufed_dir)), samples_fn())
@@ -217,7 +184,7 @@ class Evaluator:
         "wrsr": lambda: testsets.wrsr_pairs(e.test_dir),
     }
     protocols = []
-    for test_set in self._sets:
+    for test_set in e.sets:
       if test_set != "cufed5":
         protocols.append(Protocol(test_set, listed(readers[test_set]),
                                   listed_files(readers[test_set])))
@@ -301,7 +268,7 @@ class Evaluator:
     return results, grids
 
   def _metric(self, sr: np.ndarray, hr: np.ndarray) -> tuple[float, float]:
-    e = self._config.eval
+    e = self.spec
     if e.protocol == "ttsr":
       return metrics_lib.calc_psnr_and_ssim(sr, hr, "ttsr")
     return metrics_lib.calc_psnr_and_ssim(sr, hr, "mmagic", crop_border=e.crop_border,
@@ -310,7 +277,7 @@ class Evaluator:
   def _scores(self, protocol: Protocol, params: Params,
               grids: dict[str, np.ndarray]) -> np.ndarray:
     """(images, len(SCORES)) per-image scores of one protocol, the same on every process."""
-    e = self._config.eval
+    e = self.spec
     count, index = jax.process_count(), jax.process_index()
     total, batches = protocol.open()
     total = min(total, e.num_images) if e.num_images else total

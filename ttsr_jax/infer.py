@@ -31,8 +31,10 @@ from ttsr_jax import checkpoint
 from ttsr_jax import compile_cache
 from ttsr_jax import demo_model
 from ttsr_jax import explain
+from ttsr_jax import generators
 from ttsr_jax import predict
 from ttsr_jax import references
+from ttsr_jax import specs
 from ttsr_jax import tiling
 from ttsr_jax.models.search_transfer import SEARCH_MODES
 from ttsr_jax.models.ttsr import TTSR
@@ -324,10 +326,10 @@ def _export_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _halo(args: argparse.Namespace, model_config: dict[str, Any]) -> int:
+def _halo(args: argparse.Namespace, model: specs.ModelSpec) -> int:
   halo = args.halo
   if args.exact_halo:
-    halo = tiling.exact_halo(model_config["num_res_blocks"], model_config["lte_reduce_lv3"])
+    halo = tiling.exact_halo(model.num_res_blocks, model.lte_reduce_lv3)
   if args.tile and args.tile // SCALE <= 2 * halo:
     raise InferError(f"--tile {args.tile}: a tile of {args.tile // SCALE} LR pixels has no room "
                      f"inside its halo of {halo} LR pixels on each side; expected --tile of at "
@@ -344,21 +346,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   compile_cache.enable()
   try:
     if exporting:
-      model_config = checkpoint.export_generator(args.checkpoint, args.out,
-                                                 **_architecture_flags(args))
-      res_scale = model_config.get("res_scale", 1.0)
-      note = f"; pass --res_scale {res_scale} when using it" if res_scale != 1.0 else ""
+      model = generators.export(args.checkpoint, args.out, **_architecture_flags(args))
+      note = (f"; pass --res_scale {model.res_scale} when using it" if model.res_scale != 1.0
+              else "")
       print(f"wrote {args.out}: {args.checkpoint} as a reference state dict "
-            f"({checkpoint.describe(model_config)}){note}")
+            f"({model.describe()}){note}")
       return 0
     jobs = _jobs(args)
-    params, model_config = checkpoint.load_generator(args.checkpoint, **_architecture_flags(args))
-    model = TTSR(**model_config, search_chunk_size=args.search_chunk_size,
-                 search_mode=args.search)
+    params, model = generators.load(args.checkpoint, **_architecture_flags(args))
+    module = model.build(search_chunk_size=args.search_chunk_size, search_mode=args.search)
     if args.ref_pool is not None:
       jobs = pick_references(jobs, args.ref_pool, args.pick, params)
-    run(jobs, model, params, compare=args.compare, explain_images=args.explain,
-        max_pixels=args.max_pixels, tile=args.tile, halo=_halo(args, model_config))
+    run(jobs, module, params, compare=args.compare, explain_images=args.explain,
+        max_pixels=args.max_pixels, tile=args.tile, halo=_halo(args, model))
   except (InferError, checkpoint.CheckpointError, files.DatasetError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -40,6 +40,7 @@ from data_pipeline import files
 from data_pipeline import samples
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
+from ttsr_jax import generators
 from ttsr_jax import plots
 from ttsr_jax import predict
 from ttsr_jax import specs
@@ -89,7 +90,7 @@ def render_samples(run: Run, out_dir: PathLike, num_samples: int,
   """
   directory, step = run.sample_checkpoint
   config = sampling_config(run.config)
-  params, _ = checkpoint.load_generator(directory / str(step))
+  params, _ = generators.load(directory / str(step))
   params = jax.device_put(params)
   # The evaluation's model: the run's precision, and the search chunked for large test images.
   model = specs.model_spec(config.model).build(

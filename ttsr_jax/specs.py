@@ -7,15 +7,23 @@ the libraries below take specs or plain values, never the ConfigDict.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
+from data_pipeline import testsets
+
+from ttsr_jax import metrics
 from ttsr_jax.models import precision as precision_lib
 from ttsr_jax.models import search_transfer
-from ttsr_jax.models.ttsr import TTSR
+from ttsr_jax.models.ttsr import ARCHITECTURE_KEYS, TTSR
 
 
 class SpecError(ValueError):
   """A config value no spec can be made from; the message names the key."""
+
+
+def format_value(value: Any) -> str:
+  """A config value as messages show it: sequences joined by '+' (16+16+8+4)."""
+  return "+".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +42,14 @@ class ModelSpec:
   def __post_init__(self):
     # Configs and JSON give lists; a tuple keeps the spec hashable and equal to its config.
     object.__setattr__(self, "num_res_blocks", tuple(self.num_res_blocks))
+
+  def architecture(self) -> dict[str, Any]:
+    """The fields that fix the parameters' shapes or the function they compute."""
+    return {key: getattr(self, key) for key in ARCHITECTURE_KEYS}
+
+  def describe(self) -> str:
+    """'n_feats 64, num_res_blocks 16+16+8+4, ...' (the architecture) for messages."""
+    return ", ".join(f"{k} {format_value(v)}" for k, v in self.architecture().items())
 
   def build(self, **how: Any) -> TTSR:
     """The generator module; `how` overrides fields that change how it computes, not what
@@ -83,20 +99,96 @@ class TrainSpec:
   seed: int
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """The test sets, their references and the metric (`config.eval`), and the CUFED root that
+  holds CUFED5 (`config.data.cufed_dir`)."""
+
+  cufed_dir: str
+  sets: tuple[str, ...]  # of TEST_SETS, in evaluation order
+  test_dir: str  # holds the other sets
+  levels: tuple[int, ...]  # CUFED5 reference levels, each its own protocol
+  multi_reference: bool  # CUFED5 with its five references stitched
+  sun80_reference: str
+  manga109_reference: str
+  reference_seed: int
+  sizes: str  # sides that are not multiples of 4: 'crop' or 'pad'
+  protocol: str  # the metric: 'ttsr' or 'mmagic'
+  crop_border: Optional[int]  # 'mmagic' only
+  y_channel: bool  # 'mmagic' only
+  num_images: int  # first N images of each protocol; 0 = all
+  num_image_grids: int
+  search_chunk_size: int
+  search_mode: str
+
+  def __post_init__(self):
+    object.__setattr__(self, "sets", tuple(self.sets))
+    object.__setattr__(self, "levels", tuple(self.levels))
+
+  def settings(self) -> dict[str, Any]:
+    """The `config.eval` values, as an evaluation record keeps them."""
+    values = dataclasses.asdict(self)
+    del values["cufed_dir"]
+    return {**values, "sets": ",".join(self.sets)}
+
+
 TPL_TYPES = ("l1", "l2")
+TEST_SETS = ("cufed5", "sun80", "urban100", "manga109", "wrsr")
 
 
 def _fields(cls, values: Mapping[str, Any]) -> dict[str, Any]:
   return {f.name: values[f.name] for f in dataclasses.fields(cls)}
 
 
+def parse_sets(text: str) -> tuple[str, ...]:
+  """The sets of `config.eval.sets` ('cufed5,sun80'), in order.
+
+  Raises:
+    SpecError: an unknown or repeated name.
+  """
+  sets = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+  if not sets or any(s not in TEST_SETS for s in sets) or len(set(sets)) < len(sets):
+    raise SpecError(f"config.eval.sets {text!r}: expected distinct comma-separated names from "
+                    f"{','.join(TEST_SETS)}")
+  return sets
+
+
+def _check_eval(e: Any) -> None:
+  sets = parse_sets(e.sets)
+  for level in e.levels:
+    if not 1 <= level <= 5:
+      raise SpecError(f"config.eval.levels: level {level} is not in 1..5")
+  if e.protocol not in metrics.PROTOCOLS:
+    raise SpecError(f"config.eval.protocol {e.protocol!r}: expected one of {metrics.PROTOCOLS}")
+  if e.protocol == "ttsr" and (e.crop_border is not None or e.y_channel):
+    raise SpecError("config.eval.crop_border and y_channel apply to protocol 'mmagic' only "
+                    "('ttsr' is the Y channel with no border shaved); leave them None, False")
+  if e.crop_border is not None and e.crop_border < 0:
+    raise SpecError(f"config.eval.crop_border {e.crop_border}: expected >= 0")
+  for key, choices in (("sun80_reference", testsets.SUN80_CHOICES),
+                       ("manga109_reference", testsets.MANGA109_CHOICES),
+                       ("sizes", testsets.SIZE_CHOICES)):
+    if e[key] not in choices:
+      raise SpecError(f"config.eval.{key} {e[key]!r}: expected one of {choices}")
+  for key in ("num_images", "num_image_grids", "search_chunk_size"):
+    if e[key] < 0:
+      raise SpecError(f"config.eval.{key} {e[key]}: expected an integer >= 0")
+  if sets == ("cufed5",) and not e.levels and not e.multi_reference:
+    raise SpecError("config.eval: no protocol to evaluate; set levels or multi_reference")
+  try:
+    search_transfer.check_search_mode(e.search_mode, "config.eval.search_mode")
+  except ValueError as error:
+    raise SpecError(str(error)) from None
+
+
 def check(config: Any) -> None:
-  """Every check of the config's training and model values, each failing with one line that
-  names the key and what it expects.
+  """Every check of the config's model, training and evaluation values, each failing with one
+  line that names the key and what it expects.
 
   Raises:
     SpecError: the first bad value.
   """
+  _check_eval(config.eval)
   model, loss = config.model, config.loss
   try:
     precision_lib.check(model.precision)
@@ -143,3 +235,14 @@ def train_spec(config: Any) -> TrainSpec:
                    optim=OptimSpec(**_fields(OptimSpec, config.optim)),
                    train_crop_size=config.train_crop_size, microbatches=config.microbatches,
                    num_init_epochs=config.num_init_epochs, seed=config.seed)
+
+
+def eval_spec(config: Any) -> EvalSpec:
+  """The checked `EvalSpec` of an experiment config.
+
+  Raises:
+    SpecError: a bad value (`check`).
+  """
+  check(config)
+  values = _fields(EvalSpec, {**config.eval, "cufed_dir": config.data.cufed_dir})
+  return EvalSpec(**{**values, "sets": parse_sets(config.eval.sets)})

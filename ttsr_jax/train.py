@@ -8,8 +8,8 @@ of WORKDIR/checkpoints by itself, moving damaged ones aside (`checkpoint.restore
 The input pipeline's batches are a function of (seed, epoch, batch index), so a run
 resumed at step k continues exactly as the uninterrupted run would.
 
-`evaluate(config, workdir, checkpoint)` restores a checkpoint onto the current devices and
-evaluates it as training does.
+`evaluate(config, workdir, checkpoint)` reads a checkpoint's generator and evaluates it as
+training does.
 
 Workdir layout:
   checkpoints/<step>/   Orbax checkpoints (see `ttsr_jax/checkpoint.py`)
@@ -42,6 +42,7 @@ from data_pipeline import samples
 from data_pipeline import train_batches
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
+from ttsr_jax import generators
 from ttsr_jax import sharding
 from ttsr_jax import specs
 from ttsr_jax import step as step_lib
@@ -350,8 +351,8 @@ def _compile_train_steps(config: ml_collections.ConfigDict, spec: specs.TrainSpe
 
 def _make_evaluator(config: ml_collections.ConfigDict) -> evaluate_lib.Evaluator:
   try:
-    return evaluate_lib.Evaluator(config)
-  except ValueError as e:  # an evaluation the config cannot ask for
+    return evaluate_lib.Evaluator(specs.model_spec(config.model), specs.eval_spec(config))
+  except specs.SpecError as e:
     raise TrainError(str(e)) from None
 
 
@@ -387,16 +388,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
     The metrics, as `train_and_evaluate` reports them.
   """
   workdir = pathlib.Path(workdir)
-  directory, step = checkpoint.locate(workdir, which)
-  mesh = sharding.make_mesh()
-  state, _ = checkpoint.read_state(directory, step, config, mesh)
   evaluator = _make_evaluator(config)
-  results, _ = evaluator(state.g_params)
+  directory, step = checkpoint.locate(workdir, which)
+  target = generators.abstract_params(specs.model_spec(config.model))
+  g_params = checkpoint.read_generator_params(directory, step, target, config)
+  results, _ = evaluator(jax.device_put(g_params))
   logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / f"eval_{step}.json", "w") as f:
-      json.dump(evaluate_lib.evaluate_record(config, results, evaluator.images,
+      json.dump(evaluate_lib.evaluate_record(evaluator.spec, results, evaluator.images,
                                              checkpoint=str(directory / str(step)), step=step),
                 f, indent=2)
   return results
