@@ -39,11 +39,14 @@ def params() -> dict:
 def test_demo_reference_ranks_first(params):
   pool = [_photo(name) for name in OTHERS[:2]] + [_read(DEMO_REF)] + [
       _photo(name) for name in OTHERS[2:]]
-  ranking = references.rank(_read(DEMO_LR), references.describe(
-      [lambda p=p: p for p in pool], params), params)
+  descriptors = references.describe([lambda p=p: p for p in pool], params)
+  ranking = references.rank(_read(DEMO_LR), descriptors, params)
   assert ranking.order[0] == 2
   assert sorted(ranking.order) == list(range(len(pool)))
   assert np.all(np.diff(ranking.scores) <= 0)
+  picked = references.pick(_read(DEMO_LR), descriptors, params, 2)
+  assert [i for i, _ in picked] == list(ranking.order[:2])
+  np.testing.assert_array_equal([score for _, score in picked], ranking.scores[:2])
 
 
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut"])

@@ -143,10 +143,8 @@ def _referenced(engine: Engine, lr: np.ndarray, reference_paths: Sequence[str],
   else:
     raise AppError("no reference: upload one or several reference photos, or a pool to pick "
                    "from")
-  ranking = references.rank(lr, pool, engine.params)
-  chosen = ranking.order[:pick]
-  return ([load(i) for i in chosen],
-          [(names[i], float(score)) for i, score in zip(chosen, ranking.scores)])
+  chosen = references.pick(lr, pool, engine.params, pick)
+  return [load(i) for i, _ in chosen], [(names[i], score) for i, score in chosen]
 
 
 def super_resolve_request(engine: Engine, image_path: Optional[str], downscale: bool,

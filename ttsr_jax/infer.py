@@ -142,17 +142,16 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
 def pick_references(jobs: Sequence[Job], pool_dir: pathlib.Path, pick: int,
                     params: Params) -> list[Job]:
   """Gives each job the `pick` photos of `pool_dir` most relevant to its LR image
-  (`references.rank`), stitched if several, and prints which they are."""
+  (`references.pick`), stitched if several, and prints which they are."""
   pool = files.list_images(pool_dir)
   pool_descriptors = references.describe_files(pool, params)
   picked = []
   for job in jobs:
-    ranking = references.rank(files.read_rgb(job.lr, min_size=predict.MIN_LR_SIDE),
-                              pool_descriptors, params)
-    chosen = ranking.order[:pick]
-    names = ", ".join(f"{pool[i].name} ({score:.3f})" for i, score in zip(chosen, ranking.scores))
+    chosen = references.pick(files.read_rgb(job.lr, min_size=predict.MIN_LR_SIDE),
+                             pool_descriptors, params, pick)
+    names = ", ".join(f"{pool[i].name} ({score:.3f})" for i, score in chosen)
     print(f"{job.lr.name}: references {names} of {len(pool)} in {pool_dir}", flush=True)
-    picked.append(dataclasses.replace(job, refs=tuple(pool[i] for i in chosen)))
+    picked.append(dataclasses.replace(job, refs=tuple(pool[i] for i, _ in chosen)))
   return picked
 
 

@@ -3,7 +3,7 @@ pool of candidate photos.
 
 Relevance is cheap on purpose: each image is described by the per-channel mean and standard
 deviation of its VGG19 relu3_1 features on a `RELEVANCE_SIZE`-pixel square thumbnail
-(`data_pipeline.similarity`), computed with the model's own LTE, the network whose relu3_1 features
+(`ttsr_jax.similarity`), computed with the model's own LTE, the network whose relu3_1 features
 the texture search compares; the score of a candidate is the cosine of its descriptor and the LR
 image's. It ranks a pool in one small batched program per 8 photos, without running the search
 against every candidate.
@@ -19,7 +19,7 @@ import numpy as np
 from data_pipeline import files
 from data_pipeline import pairs
 from data_pipeline import samples
-from data_pipeline import similarity
+from ttsr_jax import similarity
 from ttsr_jax import predict
 
 SCALE = samples.SCALE
@@ -88,3 +88,10 @@ def rank(lr: np.ndarray, pool: np.ndarray, params: dict) -> Ranking:
   # Stable, so equal scores keep the pool's order.
   order = np.argsort(-scores, kind="stable")
   return Ranking(order, scores[order])
+
+
+def pick(lr: np.ndarray, pool: np.ndarray, params: dict, count: int) -> list[tuple[int, float]]:
+  """(candidate index, cosine score) of the `count` candidates of a pool most relevant to an LR
+  image (`rank`), most relevant first."""
+  ranking = rank(lr, pool, params)
+  return list(zip(ranking.order[:count].tolist(), ranking.scores[:count].tolist()))
