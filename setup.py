@@ -4,7 +4,7 @@
 
 from setuptools import find_packages, setup
 
-# Versions verified together on the 2-core CPU machines (2026-11); tensorflow-cpu only feeds
+# Versions the test suite passes with, pinned so that results reproduce; tensorflow-cpu only feeds
 # tf.data.
 INSTALL_REQUIRES = [
     "jax==0.10.2",

@@ -14,12 +14,10 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ttsr_jax import convert, predict
+from ttsr_jax import convert, generators, predict, specs
 from ttsr_jax.models import precision as precision_lib
-from ttsr_jax.models.ttsr import TTSR
 
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden"
 CASES = ("a_forward.npz", "b_forward_testpath.npz")
@@ -44,9 +42,9 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
 def measure(policy: str) -> list[dict]:
   """One row per case: argmax agreement, max |sr - sr_ref|, uint8 max difference and PSNR."""
   weights = _load("a_weights.npz")
-  model = TTSR(**convert.infer_model_config(weights), precision=policy)
-  example = [jnp.zeros(s) for s in ((1, 8, 8, 3), (1, 32, 32, 3), (1, 32, 32, 3), (1, 32, 32, 3))]
-  params = convert.import_state_dict(weights, convert.abstract_params(model, *example))
+  spec = specs.ModelSpec(**convert.infer_model_config(weights), precision=policy)
+  model = spec.build()
+  params = convert.import_state_dict(weights, generators.abstract_params(spec))
   forward = jax.jit(lambda p, *images: model.apply({"params": p}, *images))
   rows = []
   for name in CASES:

@@ -28,7 +28,7 @@ SCALE = samples.SCALE
 MIN_LR_SIDE = 3
 MIN_REF_SIDE = 3 * SCALE
 # A sanity cap on output and reference pixels (8K UHD). Tiling bounds the LR side's memory; the
-# reference is not tiled, so its features (about 1 GB per megapixel of reference) are held whole.
+# reference is not tiled, so its features grow with its area (docs/inference.md has the figures).
 DEFAULT_MAX_PIXELS = 7680 * 4320
 # LR positions per relevance block (docs/benchmarks.md compares block sizes).
 DEFAULT_SEARCH_CHUNK_SIZE = 1024
@@ -37,8 +37,8 @@ DEFAULT_TILE = 768
 # Default halo, in LR pixels: measured (docs/inference.md) to keep tiled outputs within one grey
 # level of the whole-image run; `tiling.exact_halo` gives the halo that makes them identical.
 DEFAULT_HALO = 16
-# Reference positions whose search keys are made at a time (about 75 MB of unfolded patches with
-# the paper's 256 lv3 channels).
+# Reference positions whose search keys are made at a time: the unfolded 3x3 patches of a block
+# (9 x 256 floats per position with the paper's lv3 channels) stay a small share of the memory.
 KEY_BLOCK_POSITIONS = 8192
 # Reference rows, in lv3 positions (4 reference pixels), per band of the LTE when the search needs
 # no unfolded keys, and the rows of context on each side: relu3_1 (with Exp1-3's extra conv) sees
@@ -115,10 +115,9 @@ def to_uint8(sr: np.ndarray) -> np.ndarray:
 
 # XLA:CPU hands reductions to YNNPACK by default, which holds extra copies of large reduction
 # inputs (here the unfolded 3x3 patches the search normalises). Without them (dots and
-# convolutions stay on YNNPACK) a 1280x720 reference's features peak at 2.3 GB of RSS instead of
-# 3.1 GB, and a 768x768 tile at 2.7 GB instead of 3.7 GB, and run no slower (docs/benchmarks.md).
-# Only the tiled inference programs use this; training and evaluation keep XLA's defaults, and so
-# their figures.
+# convolutions stay on YNNPACK) the reference's features and each tile peak lower and run no
+# slower (docs/benchmarks.md). Only the tiled inference programs use this; training and
+# evaluation keep XLA's defaults, and so their figures.
 _LEAN_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
     f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION"))}
 
