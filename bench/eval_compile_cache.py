@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline import make_demo
-from data_pipeline import make_pairs
+from ttsr_jax import make_pairs
 from data_pipeline import samples
 
 NUM_SOURCES = 8  # skimage photos, each cut into 2 x 2 tiles

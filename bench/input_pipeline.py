@@ -20,6 +20,7 @@ import jax
 from data_pipeline import cufed
 from data_pipeline import make_demo
 from data_pipeline import train_batches
+from ttsr_jax import sharding
 
 
 def _measure(epochs: Iterable[Iterable[dict]], batch_size: int) -> str:
@@ -55,13 +56,14 @@ def main() -> None:
         scratch, train_pairs=args.pairs, test_groups=0))
     cufed.prepare(cufed_dir)
     shard = train_batches.load_train_shard(cufed.default_data_dir(cufed_dir))
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    batch_sharding = sharding.batch_sharding(sharding.make_mesh())
     epochs = range(args.epochs)
     host = _measure((train_batches.train_dataset(shard, seed=0, epoch=e,
                                                  global_batch_size=args.batch_size)
                      .as_numpy_iterator() for e in epochs), args.batch_size)
     device = _measure((train_batches.train_iterator(shard, seed=0, epoch=e,
-                                                    global_batch_size=args.batch_size, mesh=mesh)
+                                                    global_batch_size=args.batch_size,
+                                                    batch_sharding=batch_sharding)
                        for e in epochs), args.batch_size)
   platform = jax.devices()[0].platform
   print(f"{shard.num_examples} examples, {shard.patch_size}x{shard.patch_size} patches, "

@@ -12,9 +12,11 @@ TensorFlow):
   cufed5     CUFED5 test samples: one reference level, or all five stitched together
   testsets   Sun80, Urban100, Manga109 and WR-SR in their published layouts
   make_demo  `python -m data_pipeline.make_demo`: a small CUFED-layout dataset from skimage photos
-  pairs      the rules of make_demo and make_pairs: photos to training pairs and test groups
-  make_pairs `python -m data_pipeline.make_pairs`: a CUFED-layout dataset from any photo folder
-  similarity the most similar photo of a collection by VGG19 features (imports JAX)
+  pairs      the rules of make_demo and of `python -m ttsr_jax.make_pairs` (which needs the
+             model's VGG19 for --similar, so lives above this package): photos to training pairs
+             and test groups
+
+Nothing here imports ttsr_jax; ttsr_jax builds on this package.
 
 docs/data.md describes the layout, the commands, determinism and the test protocols.
 """

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import samples
-from ttsr_jax import sharding
 
 T = TypeVar("T")
 Batch = dict[str, jax.Array]
@@ -30,15 +29,15 @@ def _normalize(images: Batch) -> Batch:
 
 
 @functools.cache
-def normalizer(mesh: jax.sharding.Mesh) -> Callable[[Batch], Batch]:
-  """uint8 -> float32 in [-1, 1], for batches sharded over the mesh axis 'data'.
+def normalizer(batch_sharding: jax.sharding.NamedSharding) -> Callable[[Batch], Batch]:
+  """uint8 -> float32 in [-1, 1], for batches laid out as `batch_sharding`.
 
-  There is one function per mesh, so every epoch reuses the compiled code.
+  There is one function per layout, so every epoch reuses the compiled code.
   """
-  spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
   # A gather from a sharded index array has no unambiguous output sharding under explicit mesh
   # axes, but each shard's lookup is local anyway: do it per shard.
-  return jax.jit(jax.shard_map(_normalize, mesh=mesh, in_specs=spec, out_specs=spec))
+  return jax.jit(jax.shard_map(_normalize, mesh=batch_sharding.mesh, in_specs=batch_sharding.spec,
+                               out_specs=batch_sharding.spec))
 
 
 _JOIN_TIMEOUT_S = 30.0
@@ -89,21 +88,21 @@ def prefetch(items: Iterable[T], size: int) -> Iterator[T]:
     producer.join(timeout=_JOIN_TIMEOUT_S)
 
 
-def to_device(host_batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+def to_device(host_batches: Iterable[dict[str, np.ndarray]],
+              batch_sharding: jax.sharding.NamedSharding,
               prefetch_size: int = 2) -> Iterator[Batch]:
-  """Turns each process's uint8 batches into global float32 batches sharded over axis 'data'.
+  """Turns each process's uint8 batches into global float32 batches laid out as `batch_sharding`.
 
   Args:
     host_batches: this process's part of each global batch; only `samples.IMAGE_KEYS` are used.
-    mesh: a mesh with an axis 'data'. The batch axis is split along it and replicated over any
-      other axis.
+    batch_sharding: how a global batch lies on the devices (the batch axis split over a mesh
+      axis: `ttsr_jax.sharding.batch_sharding`).
     prefetch_size: batches prepared ahead of the consumer.
 
   Returns:
     An iterator of dicts `samples.IMAGE_KEYS` -> float32 (global batch, H, W, 3) jax.Arrays.
   """
-  batch_sharding = sharding.batch_sharding(mesh)
-  normalize = normalizer(mesh)
+  normalize = normalizer(batch_sharding)
   batches = (normalize({key: jax.make_array_from_process_local_data(batch_sharding, batch[key])
                         for key in samples.IMAGE_KEYS}) for batch in host_batches)
   return prefetch(batches, prefetch_size)

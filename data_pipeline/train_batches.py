@@ -24,7 +24,6 @@ from data_pipeline import cufed
 from data_pipeline import host_to_device
 from data_pipeline import files
 from data_pipeline import samples
-from ttsr_jax import sharding
 
 # Salts that separate the two random streams drawn from the same (seed, epoch).
 _ORDER_SALT = 0
@@ -206,15 +205,16 @@ def train_dataset(shard: TrainShard, *, seed: int, epoch: int, global_batch_size
 
 
 def train_iterator(shard: TrainShard, *, seed: int, epoch: int, global_batch_size: int,
-                   mesh: jax.sharding.Mesh, start_batch: int = 0, augment: bool = True,
+                   batch_sharding: jax.sharding.NamedSharding, start_batch: int = 0,
+                   augment: bool = True,
                    prefetch: int = 2) -> Iterator[dict[str, jax.Array]]:
-  """One epoch of global training batches, sharded over the mesh axis 'data'.
+  """One epoch of global training batches, laid out as `batch_sharding`.
 
   Args:
     shard: from `load_train_shard` (with the real process index and count).
     seed, epoch, global_batch_size, start_batch, augment: as in `train_dataset`.
-    mesh: a mesh with an axis 'data'; batches are split along it (and replicated over any other
-      axis).
+    batch_sharding: how a global batch lies on the devices (`ttsr_jax.sharding.batch_sharding`:
+      split along the mesh axis 'data', replicated over any other).
     prefetch: batches placed on the devices ahead of the consumer.
 
   Returns:
@@ -224,7 +224,6 @@ def train_iterator(shard: TrainShard, *, seed: int, epoch: int, global_batch_siz
   if shard.process_count != jax.process_count():
     raise ValueError(f"shard of {shard.process_count} processes: expected jax.process_count() = "
                      f"{jax.process_count()}")
-  sharding.check_batch_size(global_batch_size, mesh.shape[sharding.DATA_AXIS])
   dataset = train_dataset(shard, seed=seed, epoch=epoch, global_batch_size=global_batch_size,
                           start_batch=start_batch, augment=augment)
-  return host_to_device.to_device(dataset.as_numpy_iterator(), mesh, prefetch)
+  return host_to_device.to_device(dataset.as_numpy_iterator(), batch_sharding, prefetch)

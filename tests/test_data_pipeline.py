@@ -219,9 +219,10 @@ def test_train_iterator_yields_globally_sharded_normalised_arrays(shard, axis_ty
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(axis_types[axis_type],))
   global_batch = TINY_BATCH * jax.device_count()
   expected = epoch_batches(shard, global_batch_size=global_batch)
-  produced = list(train_batches.train_iterator(shard, seed=3, epoch=2,
-                                               global_batch_size=global_batch, mesh=mesh))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  produced = list(train_batches.train_iterator(shard, seed=3, epoch=2,
+                                               global_batch_size=global_batch,
+                                               batch_sharding=sharding))
   assert len(produced) == len(expected)
   for batch, host_batch in zip(produced, expected):
     assert set(batch) == set(samples.IMAGE_KEYS)
@@ -229,7 +230,8 @@ def test_train_iterator_yields_globally_sharded_normalised_arrays(shard, axis_ty
       assert array.sharding.is_equivalent_to(sharding, array.ndim)
       assert_same_bits(np.asarray(array), samples.normalize(host_batch[key]))
   with pytest.raises(ValueError, match="multiple of the process count"):
-    next(train_batches.train_iterator(shard, seed=3, epoch=2, global_batch_size=0, mesh=mesh))
+    next(train_batches.train_iterator(shard, seed=3, epoch=2, global_batch_size=0,
+                                      batch_sharding=sharding))
 
 
 # The test set.

@@ -38,11 +38,14 @@ def test_mistyped_config_field_is_an_error(tmp_path):
 
 @pytest.mark.slow  # runs launch.py in a subprocess
 def test_pretrained_config_without_vgg_weights_stops_with_how_to(tmp_path):
-  env = subprocess_env() | {"XDG_CACHE_HOME": str(tmp_path / "empty_cache")}
+  # Without the TensorFlow settings this process inherited: launch.py must make them itself.
+  env = {k: v for k, v in subprocess_env().items() if not k.startswith("TF_")}
+  env["XDG_CACHE_HOME"] = str(tmp_path / "empty_cache")
   result = _run("--config=configs/exp1_2.py", f"--workdir={tmp_path / 'run'}", env=env)
   assert result.returncode == 1
   assert "python -m ttsr_jax.tools.vgg19" in result.stderr
   assert "Traceback" not in result.stderr
+  assert "oneDNN" not in result.stderr  # TensorFlow's log of its CPU kernels: set off in time
 
 
 @pytest.mark.slow  # runs launch.py in a subprocess

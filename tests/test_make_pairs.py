@@ -1,4 +1,4 @@
-"""`python -m data_pipeline.make_pairs` on small generated photo collections."""
+"""`python -m ttsr_jax.make_pairs` on small generated photo collections."""
 
 import contextlib
 import hashlib
@@ -11,9 +11,9 @@ from PIL import ExifTags, Image
 
 from data_pipeline import files
 from data_pipeline import make_demo
-from data_pipeline import make_pairs
+from ttsr_jax import make_pairs
 from data_pipeline import pairs
-from data_pipeline import similarity
+from ttsr_jax import similarity
 
 PATCH = 16
 TEST_SIZE = 16

@@ -22,6 +22,15 @@ from ttsr_jax.models.ttsr import TTSR
     ("train_crop_size", 0, r"config.train_crop_size 0: expected an integer >= 1"),
     ("microbatches", 0, r"config.microbatches 0: expected an integer >= 1"),
     ("microbatches", 2, r"config.batch_size 9 is not divisible by config.microbatches 2"),
+    ("eval.sets", "cufed5,sun90", r"config.eval.sets 'cufed5,sun90': expected distinct"),
+    ("eval.levels", (6,), r"config.eval.levels: level 6 is not in 1..5"),
+    ("eval.levels", (), r"config.eval: no protocol to evaluate; set levels or multi_reference"),
+    ("eval.protocol", "psnr", r"config.eval.protocol 'psnr': expected one of"),
+    ("eval.crop_border", 2, r"config.eval.crop_border and y_channel apply to protocol 'mmagic'"),
+    ("eval.sun80_reference", "best", r"config.eval.sun80_reference 'best': expected one of"),
+    ("eval.sizes", "resize", r"config.eval.sizes 'resize': expected one of"),
+    ("eval.num_images", -1, r"config.eval.num_images -1: expected an integer >= 0"),
+    ("eval.search_mode", "fast", r"config.eval.search_mode 'fast': expected one of exact, "),
 ])
 def test_each_bad_value_is_one_line_naming_its_key(key, value, message):
   config = default.get_config()
@@ -30,9 +39,10 @@ def test_each_bad_value_is_one_line_naming_its_key(key, value, message):
   for parent in parents:
     node = node[parent]
   node[field] = value
-  with pytest.raises(specs.SpecError, match=message) as error:
-    specs.train_spec(config)
-  assert "\n" not in str(error.value)
+  for make_spec in (specs.train_spec, specs.eval_spec):  # each runs every check
+    with pytest.raises(specs.SpecError, match=message) as error:
+      make_spec(config)
+    assert "\n" not in str(error.value)
 
 
 def test_specs_carry_the_config():
@@ -49,3 +59,13 @@ def test_specs_carry_the_config():
   assert (model.n_feats, model.num_res_blocks, model.search_chunk_size) == (8, (1, 1, 1, 1), 128)
   assert model.search_mode == "exact"
   assert spec.model.build().search_chunk_size == 64
+
+
+def test_eval_spec_carries_the_config_and_records_it_as_written():
+  config = default.get_config()
+  config.eval.update(sets=" Sun80, cufed5", levels=(1, 3), protocol="mmagic", crop_border=2)
+  config.data.cufed_dir = "data/custom"
+  spec = specs.eval_spec(config)
+  assert (spec.sets, spec.levels, spec.cufed_dir) == (("sun80", "cufed5"), (1, 3), "data/custom")
+  # Evaluation records (eval_<step>.json) keep the `config.eval` values as before the spec.
+  assert spec.settings() == {**config.eval.to_dict(), "sets": "sun80,cufed5"}

@@ -134,20 +134,6 @@ def test_missing_references_name_the_file(root, tmp_path):
     testsets.urban100_pairs(test_dir)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(sets="cufed5,sun90"), "config.eval.sets 'cufed5,sun90': expected distinct"),
-    (dict(crop_border=2), "apply to protocol 'mmagic' only"),
-    (dict(sun80_reference="best"), "config.eval.sun80_reference 'best': expected one of"),
-    (dict(sizes="resize"), "config.eval.sizes 'resize': expected one of"),
-    (dict(sets="cufed5", levels=()), "no protocol to evaluate"),
-])
-def test_eval_values_no_evaluation_can_be_made_of_fail_the_spec(overrides, message):
-  config = default.get_config()
-  config.eval.update(overrides)
-  with pytest.raises(specs.SpecError, match=message):
-    specs.eval_spec(config)
-
-
 def test_results_table_lists_each_set_and_protocol_with_bicubic():
   config = default.get_config()
   config.eval.update(sets="cufed5,sun80,manga109", multi_reference=True, protocol="mmagic",

@@ -1,6 +1,6 @@
 r"""Makes a CUFED-layout dataset from a folder of your own photos (for training and evaluation).
 
-  python -m data_pipeline.make_pairs --photos DIR --out DIR [--patch_size 160] \
+  python -m ttsr_jax.make_pairs --photos DIR --out DIR [--patch_size 160] \
       [--pairs_per_photo 10] [--test_fraction 0.3] [--test_groups N] [--test_size 240] \
       [--max_side 0] [--similar [--vgg19_weights FILE]] [--seed 0]
 
@@ -57,7 +57,7 @@ def _fraction(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m data_pipeline.make_pairs", description=__doc__.split("\n\n")[0],
+      prog="python -m ttsr_jax.make_pairs", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--photos", required=True, help="folder of photos; subfolders are groups")
   parser.add_argument("--out", required=True, help="directory to create (CUFED layout)")
@@ -100,7 +100,7 @@ def _make(args: argparse.Namespace, skipped: list[str]) -> tuple[pathlib.Path, l
   pairs.check_new_directory(args.out)  # before the long work starts (the weights too, next)
   if args.similar:
     # Imported here: JAX starts only when it is needed.
-    from data_pipeline import similarity  # pylint: disable=import-outside-toplevel
+    from ttsr_jax import similarity  # pylint: disable=import-outside-toplevel
     try:
       vgg_params = similarity.vgg_params(args.vgg19_weights, args.seed)
     except (ValueError, ImportError) as error:  # not VGG19 weights; a .pt without torch

@@ -34,12 +34,14 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-from clu import metric_writers
-from clu import periodic_actions
 
+# data_pipeline before clu: clu imports TensorFlow, which reads the settings that importing
+# data_pipeline makes (data_pipeline/__init__.py).
 from data_pipeline import cufed
 from data_pipeline import samples
 from data_pipeline import train_batches
+from clu import metric_writers
+from clu import periodic_actions
 from ttsr_jax import checkpoint
 from ttsr_jax import evaluate as evaluate_lib
 from ttsr_jax import generators
@@ -283,7 +285,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
     for epoch in range(step // steps_per_epoch, total_epochs):
       warmup = epoch < config.num_init_epochs
       batches = train_batches.train_iterator(
-          shard, seed=config.seed, epoch=epoch, global_batch_size=config.batch_size, mesh=mesh,
+          shard, seed=config.seed, epoch=epoch, global_batch_size=config.batch_size,
+          batch_sharding=sharding.batch_sharding(mesh),
           start_batch=step - epoch * steps_per_epoch)
       for batch in batches:
         # Checked before the step, so that an epoch's last step is followed by its evaluation
