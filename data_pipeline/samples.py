@@ -28,8 +28,16 @@ def normalize(image: np.ndarray) -> np.ndarray:
 
 
 def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Pillow bicubic resize of a uint8 (H, W, 3) image to (height, width)."""
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+  """Pillow bicubic resize of a uint8 (H, W, 3) image to (height, width), the width first.
+
+  Pillow resizes in two one-dimensional passes and rounds to uint8 between them, so their order
+  shows in the result. Up to Pillow 12 one `resize` call always ran the horizontal pass first;
+  Pillow 13 runs the vertical one first when the height shrinks much more than the width
+  (python-pillow/Pillow#9549). Two calls, one per axis, give the earlier order's bits on any
+  Pillow (Pillow skips the pass of an unchanged side).
+  """
+  wide = Image.fromarray(image).resize((width, image.shape[0]), Image.Resampling.BICUBIC)
+  return np.asarray(wide.resize((width, height), Image.Resampling.BICUBIC))
 
 
 def down_up(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
