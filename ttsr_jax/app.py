@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from data_pipeline import files
 from data_pipeline import samples
+from data_pipeline.samples import SCALE
 from ttsr_jax import checkpoint
 from ttsr_jax import demo_model
 from ttsr_jax import explain
@@ -36,7 +37,6 @@ from ttsr_jax import predict
 from ttsr_jax import references
 from ttsr_jax.models.ttsr import TTSR
 
-SCALE = predict.SCALE
 # Uploads larger than this are refused by the server before any decoding.
 MAX_UPLOAD = "50mb"
 MAX_PICK = 5

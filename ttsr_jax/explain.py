@@ -16,9 +16,9 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from data_pipeline.samples import SCALE
 from ttsr_jax import predict
 
-SCALE = predict.SCALE
 # 256 viridis colours: S is shown as colour round(255 * (S - low) / (high - low)).
 S_COLOURS = np.round(255 * matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3]
                      ).astype(np.uint8)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from configs import default
 from data_pipeline import files
+from data_pipeline.samples import SCALE
 from ttsr_jax import checkpoint
 from ttsr_jax import compile_cache
 from ttsr_jax import demo_model
@@ -41,7 +42,6 @@ from ttsr_jax.models.ttsr import TTSR
 
 Params = dict[str, Any]
 
-SCALE = predict.SCALE
 DEFAULT_MAX_PIXELS = predict.DEFAULT_MAX_PIXELS
 DEFAULT_SEARCH_CHUNK_SIZE = predict.DEFAULT_SEARCH_CHUNK_SIZE
 DEFAULT_SEARCH_MODE = default.get_config().eval.search_mode

@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data_pipeline import samples
+from data_pipeline.samples import SCALE
 from ttsr_jax import tiling
 from ttsr_jax.models.search_transfer import reference_keys
 from ttsr_jax.models.ttsr import ReferenceFeatures, TTSR
 
-SCALE = samples.SCALE
 # The search compares 3x3 patches of lv3 features (1/4 of lrsr, i.e. the LR grid, and 1/4 of the
 # reference): each image must hold one such patch.
 MIN_LR_SIDE = 3

@@ -19,10 +19,10 @@ import numpy as np
 from data_pipeline import files
 from data_pipeline import pairs
 from data_pipeline import samples
+from data_pipeline.samples import SCALE
 from ttsr_jax import similarity
 from ttsr_jax import predict
 
-SCALE = samples.SCALE
 # Side of the square thumbnail each image is described on.
 RELEVANCE_SIZE = 128
 
