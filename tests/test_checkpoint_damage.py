@@ -7,7 +7,9 @@ The fast tests write random TrainStates of the tiny config (no training); the sl
 copy of the session's tiny run (conftest.uninterrupted).
 """
 
+import asyncio
 import contextlib
+import gc
 import json
 import logging
 import pathlib
@@ -335,6 +337,25 @@ def test_every_command_on_a_damaged_checkpoint_is_one_line(uninterrupted, tiny_c
   assert result.stderr.startswith(f"error: {step_dir}: damaged checkpoint of step {TOTAL_STEPS}: "
                                   "state: cannot be restored (")
   assert f"the newest intact checkpoint is {old / 'checkpoints'}" in result.stderr
+
+
+def test_writes_abandoned_by_a_failed_save_are_not_reported_again(tmp_path, caplog):
+  def abandon(error: Exception) -> None:
+    # A write's future whose error nobody retrieves, as a failed Orbax save leaves them.
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    future.set_exception(error)
+    del future
+    gc.collect()
+    loop.close()
+
+  checkpoint.manager(tmp_path / "checkpoints").close()
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    abandon(ValueError('OUT_OF_RANGE: Error writing "d_params.conv1.bias/0" in OCDBT database'))
+    assert not caplog.records
+    abandon(RuntimeError("any other failure"))  # still reported
+    [record] = caplog.records
+    assert record.getMessage().startswith("Future exception was never retrieved")
 
 
 @pytest.mark.slow  # the tiny run (conftest.uninterrupted), then one more epoch in launch.py

@@ -29,6 +29,7 @@ Evaluation and inference read only the generator's parameters of a step
 import contextlib
 import hashlib
 import json
+import logging as logging_lib
 import os
 import pathlib
 import sys
@@ -202,6 +203,25 @@ def _install_late_callback_filter() -> None:
     sys.unraisablehook = _drop_late_tensorstore_callbacks
 
 
+class _AbandonedWritesFilter(logging_lib.Filter):
+  """Drops asyncio's 'exception was never retrieved' records of TensorStore writes that a failed
+  save abandoned. Orbax stops a save at its first failing write; the other writes' futures hold
+  errors of the same kind and are reported whenever the garbage collector reaches them (dozens of
+  tracebacks, before or after the one line that matters), so the filter is in place before any
+  save."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("exception was never retrieved" in record.getMessage()
+                and isinstance(error, ValueError) and "Error writing" in str(error))
+
+
+def _silence_abandoned_writes() -> None:
+  asyncio_logger = logging_lib.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedWritesFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedWritesFilter())
+
+
 def _restore_item(mngr: ocp.CheckpointManager, step: int, item: str, args: Any) -> Any:
   """mngr.restore of one item (checked by the caller); a failure is one line."""
   step_dir = pathlib.Path(mngr.directory) / str(step)
@@ -261,6 +281,7 @@ def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.
   DamagedCheckpointError.
   """
   _install_late_callback_filter()
+  _silence_abandoned_writes()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                            best_fn=_best_metric, best_mode="max")
