@@ -287,7 +287,10 @@ def _bad_inputs(tmp: pathlib.Path, tiny_npz: pathlib.Path, workdir: pathlib.Path
                                 "garbage.npz: not a readable state dict"),
       "orbax params of another config": (infer_args(other_config, lr, ref),
                                          "but the model config stored with it (n_feats 16, "),
-      "not a checkpoint": (infer_args(tmp / "empty", lr, ref), "empty: no checkpoint found"),
+      "not a checkpoint": (infer_args(tmp / "empty", lr, ref),
+                           "empty: no checkpoint found; expected WORKDIR/checkpoints/<step>/"
+                           "{state,config} from training, or a reference state dict file "
+                           "(.npz, .pt, .pth)"),
       "unknown checkpoint kind": (infer_args(lr, lr, ref), "lr.png: unknown checkpoint kind"),
       "output not png": (["--checkpoint", tiny_npz, "--lr", lr, "--ref", ref, "--out",
                           tmp / "o.jpg"], "o.jpg: expected a .png file"),

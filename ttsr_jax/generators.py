@@ -65,7 +65,11 @@ def _from_state_dict(path: pathlib.Path,
 
 def _from_checkpoint(path: pathlib.Path,
                      flags: dict[str, Any]) -> tuple[Params, specs.ModelSpec]:
-  directory, step = checkpoint.locate(path, str(path))
+  try:
+    directory, step = checkpoint.locate(path, str(path))
+  except CheckpointError as e:
+    raise CheckpointError(f"{e}, or a reference state dict file "
+                          f"({', '.join(STATE_DICT_SUFFIXES)})") from None
   stored = checkpoint.stored_config(directory, step).get("model")
   if not isinstance(stored, dict) or any(k not in stored for k in ARCHITECTURE_KEYS):
     raise CheckpointError(f"{directory / str(step) / 'config'}: no model config with "
