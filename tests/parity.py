@@ -27,11 +27,12 @@ def gamma(n: int, u: float = U32) -> float:
 CRITIC_SCORE_ATOL = 1e-6
 
 # The same train step with its batch sums in another order (devices, microbatches, processes),
-# on tiny_configs.all_losses: parameters after its first Adam steps to REORDERED_STEP_ATOL,
-# a tenth of one step (lr 1e-4); with Adam's eps at 1e-3 an entry moves by at most
-# lr / eps = 0.1 times its gradient's rounding difference, and those differences, measured over
-# the layouts of test_sharding.py, stay below that by a wide margin. Metrics (batch means) to
-# REORDERED_STEP_RTOL, 84 float32 ulps, or CRITIC_SCORE_ATOL where critic scores cancel.
+# on tiny_configs.all_losses: parameters after its first Adam steps within REORDERED_STEP_ATOL,
+# a tenth of one step (lr 1e-4), so that a step taken on mismatched data fails. With Adam's eps
+# at 1e-3 an entry moves by at most lr / eps = 0.1 times its gradient's rounding difference;
+# measured over test_sharding.py's layouts: parameters at most 1.5e-8 apart after two steps,
+# metrics (batch means) at most 2.2e-7 relative, against REORDERED_STEP_RTOL (84 float32 ulps)
+# or CRITIC_SCORE_ATOL where critic scores cancel.
 REORDERED_STEP_ATOL = 1e-5
 REORDERED_STEP_RTOL = 1e-5
 
