@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from parity import REORDERED_STEP_ATOL, REORDERED_STEP_RTOL
 from tiny_runs import ROOT, load_config, restore_state, subprocess_env, write_tiny_run
 from ttsr_jax import train
 
@@ -112,7 +113,8 @@ def test_two_processes_match_one_process(launch_config_file, tmp_path):
 
   two, one = restore_state(multi, config), restore_state(single, config)
   assert int(two.step) == int(one.step) == 2
-  # Four devices sum the batch in another order than one: the tolerance of test_sharding.py.
+  # Four devices sum the batch in another order than one.
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(two)[0],
                           jax.tree_util.tree_leaves(one)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(a, b, rtol=REORDERED_STEP_RTOL, atol=REORDERED_STEP_ATOL,
+                               err_msg=jax.tree_util.keystr(path))

@@ -25,6 +25,8 @@ def test_first_and_second_derivatives_match_xla(kernel_size, stride, hw):
 
   ours = objective(lambda *a: layers.conv2d(*a, HIGHEST))
   xla = objective(lambda *a: layers.xla_conv2d(*a, HIGHEST))
+  # The same sums in other orders: measured at most 3.2e-7 of the largest entry (0 for the
+  # forward pass) on four draws of each case; the bound, 1e-5 of it, is 30x that.
   np.testing.assert_array_equal(ours(x, kernel), xla(x, kernel))
   for a, b in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(xla, (0, 1))(x, kernel)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
@@ -50,4 +52,4 @@ def test_loop_bodies_take_the_hand_written_backward_pass_with_the_same_gradients
   # The tests run on XLA:CPU, where loop bodies use `conv2d` (a custom VJP).
   assert "custom_vjp_call" in looped_jaxpr and "custom_vjp_call" not in plain_jaxpr
   for a, b in zip(jax.tree_util.tree_leaves(grad()(params)), jax.tree_util.tree_leaves(looped)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # rtol as above, atol near zero

@@ -8,7 +8,10 @@ import pytest
 from parity import load_case
 from ttsr_jax import metrics
 
-# tests/golden/README.md, tolerances.
+# tests/golden/README.md, tolerances, far above both float errors: PSNR's float32 mean of squares
+# (NumPy's pairwise sum, within ceil(log2 n) u = 17 u for n <= 76800 values: 4.4e-6 dB; equal to
+# the reference's on case g), and SSIM's float64 filter, direct here and a DFT in the
+# reference's OpenCV (measured at most 1.2e-13 apart on case g).
 PSNR_TOL_DB = 1e-4
 SSIM_TOL = 1e-7
 
@@ -68,13 +71,14 @@ def test_gaussian_filter_equals_2d_valid_correlation():
   taps = metrics._GAUSSIAN_TAPS
   offsets = np.arange(11) - 5.0
   gauss = np.exp(-offsets**2 / (2 * 1.5**2))
-  np.testing.assert_allclose(taps, gauss / gauss.sum(), rtol=1e-15, atol=0)
+  np.testing.assert_allclose(taps, gauss / gauss.sum(), rtol=1e-15, atol=0)  # a few float64 u
   window = np.outer(taps, taps)
   img = np.random.default_rng(0).uniform(0, 255.0**2, (37, 53))
   expected = np.zeros((27, 43))
   for i in range(11):
     for j in range(11):
       expected += window[i, j] * img[i:i + 27, j:j + 43]
+  # 121 terms, all positive: gamma_121 (float64) = 1.3e-14 relative, in any order.
   np.testing.assert_allclose(metrics._gaussian_filter_valid(img), expected, rtol=1e-13, atol=0)
 
 

@@ -185,7 +185,7 @@ def test_command_evaluates_every_set_from_a_state_dict(root, tmp_path, capsys):
   psnr, _ = metrics.calc_psnr_and_ssim(batch["lrsr"], batch["hr"])
   first = testsets.read_pair(testsets.urban100_pairs(root / "testsets")[0])
   expected = np.mean([psnr, metrics.calc_psnr_and_ssim(first["lrsr"], first["hr"])[0]])
-  assert record["urban100/bicubic_psnr"] == pytest.approx(expected, rel=1e-12)
+  assert record["urban100/bicubic_psnr"] == pytest.approx(expected, rel=1e-12)  # float64 means
   assert all(np.isfinite(record[f"{n}/psnr"]) and -1 <= record[f"{n}/ssim"] <= 1 for n in names)
   assert "eval urban100" in captured.err  # its progress bar
 

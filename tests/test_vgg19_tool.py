@@ -158,7 +158,9 @@ def test_keras_weights_give_keras_function(tmp_path, image01, vgg_features, caps
       {"features_0": params["features_0"]}, image01))
   keras_relu1_1 = np.asarray(_conv(v, kernel0, bias0))
   scale = np.abs(keras_relu1_1).max()
-  # Inside the image the function is Keras' own.
+  # Inside the image the function is Keras' own, up to the rounding of the preprocessing folded
+  # into conv1_1 (measured at most 3.2e-7 of the scale on six draws of weights and image) and,
+  # below, of 13 float32 layers (at most 9.4e-7 of relu5_1's largest).
   np.testing.assert_allclose(ours_relu1_1[:, 1:-1, 1:-1], keras_relu1_1[:, 1:-1, 1:-1],
                              atol=2e-5 * scale, rtol=0)
   # At the border our conv pads with torchvision's mean where Keras pads with caffe's: Keras'
