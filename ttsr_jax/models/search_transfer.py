@@ -23,7 +23,9 @@ search modes for inference on large images (docs/inference.md):
   correlation between positions followed by a sum of nine diagonally shifted copies of it, divided
   by the key's norm (the query's norm is the same for a whole row and does not move its argmax).
   The same numbers summed in another order, with 9x fewer multiply-adds, and the reference side
-  needs only its lv3 map, not its 9x unfolded keys.
+  needs only its lv3 map, not its 9x unfolded keys. It runs over square tiles of LR positions
+  against square tiles of reference positions (one position of context around each), small
+  enough that the correlation block and its shifted sums stay in the CPU's caches.
 * `coarse`: coarse-to-fine matching as in MASA-SR (Lu et al., CVPR 2021): a factored search on
   2x2-average-pooled features gives a few candidate cells of the reference for each 2x2 cell of
   LR positions; each LR position then takes the best patch, scored exactly, in the
@@ -32,6 +34,7 @@ search modes for inference on large images (docs/inference.md):
 Both recompute S from the chosen pair as `exact` does.
 """
 
+import math
 from typing import Optional
 
 import jax
@@ -39,9 +42,6 @@ import jax.numpy as jnp
 
 _NORM_EPS = 1e-12
 SEARCH_MODES = ("exact", "factored", "coarse")
-# Reference positions scored at a time by the `factored` search (with the LR positions of one
-# chunk): bounds the correlation block however large the reference is.
-KEY_BLOCK_POSITIONS = 16384
 # `coarse`: candidate reference cells kept per 2x2 cell of LR positions, and the margin, in
 # full-resolution positions, of the neighbourhood searched around each.
 COARSE_CANDIDATES = 4
@@ -199,61 +199,84 @@ def _best(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   return values, index.astype(jnp.int32)
 
 
-def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, query_rows: int,
-                  key_rows: int) -> jnp.ndarray:
+def tile_layout(size: int, side: int) -> tuple[int, int]:
+  """(tiles, length): the fewest tiles of at most `side` positions (0: all) that cover `size`
+  positions, all of one length; the last starts early enough to end at the last position."""
+  if side <= 0 or side >= size:
+    return 1, size
+  tiles = -(-size // side)
+  return tiles, -(-size // tiles)
+
+
+def tile_side(chunk_size: int) -> int:
+  """Side of the square tiles of positions the `factored` search scores against each other for a
+  search chunk size (0: whole grids)."""
+  return math.isqrt(chunk_size) if chunk_size > 0 else 0
+
+
+def _tile_starts(grid_hw: tuple[int, int], side: int) -> tuple[jnp.ndarray, tuple[int, int]]:
+  """((T, 2) top-left corners, (rows, cols) of each tile) of `tile_layout` tiles of a grid."""
+  (row_tiles, rows), (col_tiles, cols) = (tile_layout(size, side) for size in grid_hw)
+  firsts = lambda tiles, length, size: jnp.minimum(jnp.arange(tiles) * length, size - length)
+  r, c = jnp.meshgrid(firsts(row_tiles, rows, grid_hw[0]), firsts(col_tiles, cols, grid_hw[1]),
+                      indexing="ij")
+  return jnp.stack([r.ravel(), c.ravel()], axis=-1), (rows, cols)
+
+
+def _merge_best(kept: tuple[jnp.ndarray, jnp.ndarray], new: tuple[jnp.ndarray, jnp.ndarray],
+                count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The `count` best of two (values, indices) lists of (..., count) candidates. For count 1,
+  the lower index wins a tie, as argmax over all keys would pick it; for more, the kept ones."""
+  if count == 1:
+    take = (new[0] > kept[0]) | ((new[0] == kept[0]) & (new[1] < kept[1]))
+    return jnp.where(take, new[0], kept[0]), jnp.where(take, new[1], kept[1])
+  values, best = _best(jnp.concatenate([kept[0], new[0]], axis=-1), count)
+  return values, jnp.take_along_axis(jnp.concatenate([kept[1], new[1]], axis=-1), best, axis=-1)
+
+
+def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, side: int) -> jnp.ndarray:
   """The `count` best keys of every query by normalised 3x3-patch inner product, as
   (N, H*W, count) row-major indices into keys' (h, w) grid, best first.
 
-  query (N, H, W, C) and keys (N, h, w, C) are feature maps; blocks of `query_rows` rows of
-  queries are scored against blocks of `key_rows` rows of keys (0: all rows) and the best are
-  kept as the key blocks go by, so one (query_rows x W x key_rows x w) block of scores exists at a
-  time.
+  query (N, H, W, C) and keys (N, h, w, C) are feature maps. Square tiles of at most `side` x
+  `side` queries are scored against tiles of as many keys (0: whole grids), the best kept as the
+  key tiles go by: a tile pair's correlation block, its nine shifted sums and the argmax stay in
+  the CPU's caches, where whole rows of positions would not (the shifted sums then wait on
+  memory).
   """
-  n, height, width, _ = query.shape
+  n, height, width, channels = query.shape
   _, key_h, key_w, _ = keys.shape
-  query_rows = height if query_rows <= 0 else min(query_rows, height)
-  key_rows = key_h if key_rows <= 0 else min(key_rows, key_h)
   count = min(count, key_h * key_w)
   query_padded = jnp.pad(query, ((0, 0), (1, 1), (1, 1), (0, 0)))
   keys_padded = jnp.pad(keys, ((0, 0), (1, 1), (1, 1), (0, 0)))
   key_scale = inverse_key_norms(keys)
-  # The last key block starts early enough to end at the last row; the keys it sees again
-  # cannot displace themselves (only a larger score replaces a kept one).
-  key_starts = jnp.minimum(jnp.arange(-(-key_h // key_rows)) * key_rows, key_h - key_rows)
+  query_starts, (rows, cols) = _tile_starts((height, width), side)
+  key_starts, (key_rows, key_cols) = _tile_starts((key_h, key_w), side)
 
-  def query_block(start):
-    rows = jax.lax.dynamic_slice_in_dim(query_padded, start, query_rows + 2, axis=1)
+  def query_tile(index, start):
+    window = jax.lax.dynamic_slice(query_padded, (0, start[0], start[1], 0),
+                                   (n, rows + 2, cols + 2, channels))
 
-    def key_block(kept, key_start):
+    def key_tile(kept, key_start):
       scores = _patch_scores(
-          rows, jax.lax.dynamic_slice_in_dim(keys_padded, key_start, key_rows + 2, axis=1),
-          jax.lax.dynamic_slice_in_dim(key_scale, key_start, key_rows, axis=1))
-      values, index = _best(scores.reshape(n, query_rows, width, key_rows * key_w), count)
-      # Kept ones first: among equal scores the earlier (lower) key index stays.
-      values = jnp.concatenate([kept[0], values], axis=-1)
-      index = jnp.concatenate([kept[1], index + key_start * key_w], axis=-1)
-      best_values, best = _best(values, count)
-      return (best_values, jnp.take_along_axis(index, best, axis=-1)), None
+          window, jax.lax.dynamic_slice(keys_padded, (0, key_start[0], key_start[1], 0),
+                                        (n, key_rows + 2, key_cols + 2, channels)),
+          jax.lax.dynamic_slice(key_scale, (0, *key_start), (n, key_rows, key_cols)))
+      values, local = _best(scores.reshape(n, rows * cols, key_rows * key_cols), count)
+      r, c = jnp.divmod(local, key_cols)
+      return _merge_best(kept, (values, (key_start[0] + r) * key_w + key_start[1] + c),
+                         count), None
 
-    kept = (jnp.full((n, query_rows, width, count), -jnp.inf, query.dtype),
-            jnp.zeros((n, query_rows, width, count), jnp.int32))
-    (_, index), _ = jax.lax.scan(key_block, kept, key_starts)
-    return index
+    kept = (jnp.full((n, rows * cols, count), -jnp.inf, query.dtype),
+            jnp.zeros((n, rows * cols, count), jnp.int32))
+    (_, best), _ = jax.lax.scan(key_tile, kept, key_starts)
+    # Overlapping tiles write the same indices again.
+    return jax.lax.dynamic_update_slice(index, best.reshape(n, rows, cols, count),
+                                        (0, start[0], start[1], 0)), None
 
-  if query_rows == height:
-    index = query_block(0)
-  else:
-    index = _fill_in_blocks(query_block, jnp.zeros((n, height, width, count), jnp.int32),
-                            query_rows)
+  index, _ = jax.lax.scan(query_tile, jnp.zeros((n, height, width, count), jnp.int32),
+                          query_starts)
   return index.reshape(n, height * width, count)
-
-
-def block_rows(chunk_size: int, query_w: int, key_w: int) -> tuple[int, int]:
-  """Rows of queries and of keys per block of the `factored` search (0: all) for a search chunk
-  size, query and key grid widths."""
-  if chunk_size <= 0:
-    return 0, 0
-  return max(1, chunk_size // query_w), max(1, KEY_BLOCK_POSITIONS // key_w)
 
 
 def _pool2x2(x: jnp.ndarray) -> jnp.ndarray:
@@ -270,8 +293,7 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
   _, key_h, key_w, _ = keys.shape
   cells_h, cells_w = -(-height // 2), -(-width // 2)
   cells_key_w = -(-key_w // 2)
-  cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES,
-                        *block_rows(chunk_size, cells_w, cells_key_w))
+  cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES, tile_side(chunk_size))
   count = cells.shape[-1]
   m = COARSE_MARGIN
   side = 2 + 2 * m  # key positions per side of a candidate's neighbourhood
@@ -339,13 +361,14 @@ def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
                     ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """`search` in the `factored` or `coarse` mode, from the reference's lv3 map itself.
 
-  `chunk_size` > 0: LR positions per block (rounded to whole rows; `coarse`: 2x2 cells per
-  block), each scored against blocks of about KEY_BLOCK_POSITIONS reference positions."""
+  `chunk_size` > 0: `factored` scores tiles of about `chunk_size` LR positions (`tile_side`
+  squared) against tiles of as many reference positions; `coarse` does so on its pooled grids
+  and refines `chunk_size` 2x2 cells at a time."""
   n, h, w, _ = lrsr_lv3.shape
   if index is None:
     query, keys = jax.lax.stop_gradient(lrsr_lv3), jax.lax.stop_gradient(refsr_lv3)
     if mode == "factored":
-      index = _factored_top(query, keys, 1, *block_rows(chunk_size, w, keys.shape[2]))[..., 0]
+      index = _factored_top(query, keys, 1, tile_side(chunk_size))[..., 0]
     else:
       index = _coarse_argmax(query, keys, chunk_size)
   index = index.astype(jnp.int32)
