@@ -46,6 +46,11 @@ SEARCH_MODES = ("exact", "factored", "coarse")
 # full-resolution positions, of the neighbourhood searched around each.
 COARSE_CANDIDATES = 4
 COARSE_MARGIN = 1
+# Largest side of the `factored` search's square tiles: the correlation block of two tiles with
+# their context, (side + 2)^4 floats, then fits a core's L2 cache (1 MB on the Zen 4 CPU of
+# docs/benchmarks.md), where its nine shifted reads cost little; larger tiles waste less on
+# context but wait on the shared L3 and memory.
+FACTORED_TILE_SIDE = 16
 
 
 def check_search_mode(mode: str, name: str = "search_mode") -> None:
@@ -210,8 +215,8 @@ def tile_layout(size: int, side: int) -> tuple[int, int]:
 
 def tile_side(chunk_size: int) -> int:
   """Side of the square tiles of positions the `factored` search scores against each other for a
-  search chunk size (0: whole grids)."""
-  return math.isqrt(chunk_size) if chunk_size > 0 else 0
+  search chunk size (0: whole grids): at most `chunk_size` positions and FACTORED_TILE_SIDE."""
+  return min(math.isqrt(chunk_size), FACTORED_TILE_SIDE) if chunk_size > 0 else 0
 
 
 def _tile_starts(grid_hw: tuple[int, int], side: int) -> tuple[jnp.ndarray, tuple[int, int]]:
