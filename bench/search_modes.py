@@ -237,15 +237,17 @@ def ties(case: str) -> None:
   factored = np.asarray(jax.jit(lambda q, k: st.search_features(q, k, "factored", chunk)[1])(
       lrsr_lv3, refsr_lv3)[0])
   unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-  float64_patches = lambda x: unit(np.asarray(st.unfold3x3(x)[0], np.float64))
-  query = float64_patches(lrsr_lv3)
-  key_patches = float64_patches(refsr_lv3)
+  query = unit(np.asarray(st.unfold3x3(lrsr_lv3)[0], np.float64))
+  differ = np.nonzero(factored != exact)[0]
+  key_patches = np.asarray(st.unfold3x3(refsr_lv3)[0])
+  # In blocks of reference positions: all of them in float64 would be 8 x 9C bytes each.
+  scores = np.concatenate([query[differ] @ unit(block.astype(np.float64)).T
+                           for block in np.array_split(key_patches, -(-len(key_patches) // 8192))],
+                          axis=-1)
   channels = lrsr_lv3.shape[-1]
   bound = (9 * channels + 8) * 2.0 ** -24  # float32 rounding of one score (tests derive it)
   print(f"{case}: {query.shape[0]} LR positions of the first window, {key_patches.shape[0]} "
         f"reference positions; float32 rounding bound of a score {bound:.2e}")
-  differ = np.nonzero(factored != exact)[0]
-  scores = query[differ] @ key_patches.T
   best = scores.argmax(-1)
   gap = np.abs(scores[np.arange(len(differ)), factored[differ]]
                - scores[np.arange(len(differ)), exact[differ]])
