@@ -194,6 +194,22 @@ def _patch_scores(query_rows: jnp.ndarray, key_rows: jnp.ndarray,
   return scores * key_scale[:, None, None]
 
 
+def _windows(x: jnp.ndarray, rows: jnp.ndarray, cols: jnp.ndarray,
+             size: tuple[int, int]) -> jnp.ndarray:
+  """x[b, rows + i, cols + j] for i, j < size, zeros outside x, as if x were zero-padded.
+
+  x: (N, H, W, ...); rows, cols: (N, ...) top-left corners, which may lie outside x. Returns
+  (N, ..., size[0], size[1], ...). Gathers instead of padding x: a padded copy of a large
+  reference's features would cost as much memory as the features themselves."""
+  n, height, width = x.shape[:3]
+  r = rows[..., None, None] + jnp.arange(size[0])[:, None]
+  c = cols[..., None, None] + jnp.arange(size[1])[None, :]
+  inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+  batch = jnp.arange(n).reshape((n,) + (1,) * (r.ndim - 1))
+  values = x[batch, jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)]
+  return jnp.where(inside.reshape(inside.shape + (1,) * (x.ndim - 3)), values, 0)
+
+
 def _best(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """The `count` largest of (..., K) scores and their positions, the lower position first among
   equal scores (as argmax)."""
@@ -252,20 +268,19 @@ def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, side: int) 
   n, height, width, channels = query.shape
   _, key_h, key_w, _ = keys.shape
   count = min(count, key_h * key_w)
-  query_padded = jnp.pad(query, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  keys_padded = jnp.pad(keys, ((0, 0), (1, 1), (1, 1), (0, 0)))
   key_scale = inverse_key_norms(keys)
+  # A tile's positions with one position of context around: (N, rows + 2, cols + 2, C).
+  with_context = lambda x, start, rows, cols: _windows(
+      x, jnp.full((n,), start[0] - 1), jnp.full((n,), start[1] - 1), (rows + 2, cols + 2))
   query_starts, (rows, cols) = _tile_starts((height, width), side)
   key_starts, (key_rows, key_cols) = _tile_starts((key_h, key_w), side)
 
   def query_tile(index, start):
-    window = jax.lax.dynamic_slice(query_padded, (0, start[0], start[1], 0),
-                                   (n, rows + 2, cols + 2, channels))
+    window = with_context(query, start, rows, cols)
 
     def key_tile(kept, key_start):
       scores = _patch_scores(
-          window, jax.lax.dynamic_slice(keys_padded, (0, key_start[0], key_start[1], 0),
-                                        (n, key_rows + 2, key_cols + 2, channels)),
+          window, with_context(keys, key_start, key_rows, key_cols),
           jax.lax.dynamic_slice(key_scale, (0, *key_start), (n, key_rows, key_cols)))
       values, local = _best(scores.reshape(n, rows * cols, key_rows * key_cols), count)
       r, c = jnp.divmod(local, key_cols)
@@ -302,38 +317,27 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
   count = cells.shape[-1]
   m = COARSE_MARGIN
   side = 2 + 2 * m  # key positions per side of a candidate's neighbourhood
-  # Queries: each cell's 2x2 positions with one position of context around (4x4).
-  query_padded = jnp.pad(query, ((0, 0), (1, 1 + height % 2), (1, 1 + width % 2), (0, 0)))
-  # Keys: a neighbourhood's positions start m before the cell and need one more of context.
-  pad = m + 1
-  keys_padded = jnp.pad(keys, ((0, 0), (pad, pad + 2), (pad, pad + 2), (0, 0)))
-  key_scale = jnp.pad(inverse_key_norms(keys), ((0, 0), (m, m + 2), (m, m + 2)))
-  valid = jnp.pad(jnp.ones((n, key_h, key_w), bool), ((0, 0), (m, m + 2), (m, m + 2)))
+  key_scale = inverse_key_norms(keys)
+  valid = jnp.ones((n, key_h, key_w), bool)
   cell_r, cell_c = jnp.divmod(jnp.arange(cells_h * cells_w), cells_w)
-
-  def windows(padded, rows, cols, size):
-    """padded[b, rows + i, cols + j] for i, j < size: (N, ..., size, size[, C])."""
-    offsets = jnp.arange(size)
-    r = rows[..., None, None] + offsets[:, None]
-    s = cols[..., None, None] + offsets[None, :]
-    return padded[jnp.arange(n).reshape((n,) + (1,) * (r.ndim - 1)), r, s]
-
   block = chunk_size if 0 < chunk_size < cells_h * cells_w else cells_h * cells_w
 
   def cell_block(start):
     sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, block, axis=x.ndim - 1)
     rows, cols = sl(cell_r)[None], sl(cell_c)[None]
-    q = windows(query_padded, 2 * rows, 2 * cols, 4)  # (N, B, 4, 4, C)
+    # Each cell's 2x2 positions with one position of context around.
+    q = _windows(query, 2 * rows - 1, 2 * cols - 1, (4, 4))  # (N, B, 4, 4, C)
     cand = jax.lax.dynamic_slice_in_dim(cells, start, block, axis=1)  # (N, B, count)
     key_r, key_c = 2 * (cand // cells_key_w), 2 * (cand % cells_key_w)
-    k = windows(keys_padded, key_r, key_c, side + 2)  # (N, B, count, side+2, side+2, C)
+    # A neighbourhood's positions start m before the cell and need one more of context.
+    k = _windows(keys, key_r - m - 1, key_c - m - 1, (side + 2,) * 2)  # (N, B, count, .., C)
     # The keys as the left operand: XLA:CPU runs these many small products several times faster
     # that way round.
     corr = jnp.einsum("nbkuvc,nbijc->nbkuvij", k, q, precision=jax.lax.Precision.HIGHEST)
     scores = sum(corr[:, :, :, di:di + side, dj:dj + side, di:di + 2, dj:dj + 2]
                  for di in range(3) for dj in range(3))  # (N, B, count, side, side, 2, 2)
-    scale = windows(key_scale, key_r, key_c, side)[..., None, None]
-    inside = windows(valid, key_r, key_c, side)[..., None, None]
+    scale = _windows(key_scale, key_r - m, key_c - m, (side, side))[..., None, None]
+    inside = _windows(valid, key_r - m, key_c - m, (side, side))[..., None, None]
     scores = jnp.where(inside, scores * scale, -jnp.inf)
     best = jnp.argmax(scores.reshape(n, block, count * side * side, 2, 2), axis=2)
     k_index, offset = jnp.divmod(best, side * side)
@@ -353,12 +357,9 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
 def selected_patches(refsr_lv3: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
   """(N, Q, 9C): the zero-padded 3x3 patches (as `unfold3x3` orders them) of the (N, Q)
   row-major positions `index` of refsr_lv3's grid."""
-  n, h, w, c = refsr_lv3.shape
-  padded = jnp.pad(refsr_lv3, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n, -1, c)
-  rows, cols = index // w, index % w
-  shifts = [jnp.take_along_axis(padded, ((rows + di) * (w + 2) + cols + dj)[..., None], axis=1)
-            for di in range(3) for dj in range(3)]
-  return jnp.concatenate(shifts, axis=-1)
+  n, _, w, c = refsr_lv3.shape
+  patches = _windows(refsr_lv3, index // w - 1, index % w - 1, (3, 3))  # (N, Q, 3, 3, C)
+  return patches.reshape(n, -1, 9 * c)
 
 
 def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
