@@ -30,6 +30,10 @@ on the first tile's window of CASE with random weights: at those positions it sc
 reference patch in float64 and prints how often each mode's pick is the float64 best and how far
 (in float64) the two picks' scores are apart, beside twice float32's rounding bound of a score
 (the gap within which either search may flip).
+
+`--tile_memory CASE` prints, per mode, XLA's memory analysis of the first tile's program of CASE
+(compiled, not run): the reference's arrays it takes as arguments and the temporaries it
+allocates besides them (what a tile adds to the held reference features; not RSS).
 """
 
 import argparse
@@ -259,6 +263,37 @@ def ties(case: str) -> None:
         f"{gap.max() if len(gap) else 0:.2e}, within twice the bound at {np.sum(gap <= 2 * bound)}")
 
 
+def tile_memory(case: str, modes: list[str]) -> None:
+  import jax
+  import jax.numpy as jnp
+  from bench import search_memory
+  from configs import default
+  from ttsr_jax import predict, specs, step
+
+  config = default.get_config()
+  lr, ref = search_memory._images(case)  # pylint: disable=protected-access
+  lr_hw = lr.shape[:2]
+  rows, cols = predict.tile_plan(lr_hw, predict.DEFAULT_TILE, predict.DEFAULT_HALO)[0]
+  grid = (ref.shape[0] // predict.SCALE, ref.shape[1] // predict.SCALE)
+  abstract = lambda *shape: jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+  for mode in modes:
+    model = specs.model_spec(config.model).build(
+        search_chunk_size=config.eval.search_chunk_size, search_mode=mode)
+    params = jax.eval_shape(model.init, jax.random.key(0), *step.example_inputs())["params"]
+    reference = jax.eval_shape(
+        lambda p, r, rs: model.apply({"params": p}, r, rs, method=type(model).reference_features),
+        params, abstract(*ref.shape[:2], 3), abstract(*ref.shape[:2], 3))
+    window = abstract(rows.length, cols.length, 3)
+    window4 = abstract(predict.SCALE * rows.length, predict.SCALE * cols.length, 3)
+    compiled = predict.tile_function(model).lower(params, window, window4, reference).compile()
+    analysis = compiled.memory_analysis()
+    held = sum(x.size * 4 for x in reference) / 1e9
+    print(f"{case} {mode:8} reference grid {grid}, tile window {rows.length}x{cols.length} LR: "
+          f"reference arrays {held:.2f} GB, arguments {analysis.argument_size_in_bytes / 1e9:.2f} "
+          f"GB, temporaries {analysis.temp_size_in_bytes / 1e9:.2f} GB, outputs "
+          f"{analysis.output_size_in_bytes / 1e9:.2f} GB", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,9 +306,14 @@ def main() -> None:
   parser.add_argument("--search_only", metavar="HxW:HxW",
                       help="only time the searches, in this process, on LR and reference grids "
                       "of these sizes (lv3 positions)")
+  parser.add_argument("--tile_memory", metavar="CASE",
+                      help="only print XLA's memory analysis of CASE's tile program per mode")
   parser.add_argument("--ties", metavar="CASE",
                       help="only compare the modes' picks with float64 scores on CASE")
   args = parser.parse_args()
+  if args.tile_memory:
+    tile_memory(args.tile_memory, args.modes.split(","))
+    return
   if args.ties:
     ties(args.ties)
     return
