@@ -50,7 +50,7 @@ COARSE_MARGIN = 1
 # their context, (side + 2)^4 floats, then fits a core's L2 cache (1 MB on the Zen 4 CPU of
 # docs/benchmarks.md), where its nine shifted reads cost little; larger tiles waste less on
 # context but wait on the shared L3 and memory.
-FACTORED_TILE_SIDE = 16
+FACTORED_TILE_SIDE = 20
 
 
 def check_search_mode(mode: str, name: str = "search_mode") -> None:
