@@ -4,6 +4,7 @@
   python -m bench.search_modes [--cases demo,cufed5,720p,4k,12mp] [--modes exact,factored,coarse]
                                [--skip 4k:exact,12mp:exact] [--once CASES] [--versus MODE]
   python -m bench.search_modes --search_only 88x125:92x125 [--modes ...]
+  python -m bench.search_modes --ties 720p
 
 Cases are bench.search_memory's. Each (case, mode) runs in its own process, so its peak RSS is
 its own; the modes of a case run one after the other, `--versus` (default exact) first, and the
@@ -12,7 +13,9 @@ output values (uint8) off by one grey level and by more. Columns:
 
 * time: the whole inference (reference features and every tile), second call, or first call
   (compilation included) for the cases in `--once`;
-* peak RSS of the process after it;
+* RSS GB: the process's peak resident set during the inference, sampled from /proc/self/statm;
+  "ref held" what it holds once the reference's features are made, "ref peak" its peak while they
+  are made, "tile peak" while the tiles run; then the reference feature arrays' sizes;
 * search: the search alone on the first tile's window against the whole reference (second call;
   first for `--once` cases),
   its multiply-adds (the correlation blocks' products; `exact`: 9C per pair) and GFLOP/s, beside
@@ -21,16 +24,26 @@ output values (uint8) off by one grey level and by more. Columns:
 
 `--search_only` times the searches alone, all modes in one process and in turn (so their ratios
 share the machine's load), on random features of the given grid sizes.
+
+`--ties CASE` asks which search is right where `exact` and `factored` pick different patches,
+on the first tile's window of CASE with random weights: at those positions it scores every
+reference patch in float64 and prints how often each mode's pick is the float64 best and how far
+(in float64) the two picks' scores are apart, beside twice float32's rounding bound of a score
+(the gap within which either search may flip).
+
+`--tile_memory CASE` prints, per mode, XLA's memory analysis of the first tile's program of CASE
+(compiled, not run): the reference's arrays it takes as arguments and the temporaries it
+allocates besides them (what a tile adds to the held reference features; not RSS).
 """
 
 import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 CASES = ("demo", "cufed5", "720p", "4k", "12mp")
@@ -40,15 +53,15 @@ MODES = ("exact", "factored", "coarse")
 def multiply_adds(mode: str, lr_hw: tuple[int, int], ref_hw: tuple[int, int], channels: int,
                   chunk_size: int) -> int:
   """The search's multiply-adds for an (H, W) grid of LR positions and (h, w) of reference ones,
-  as the blocks of `search_transfer` compute them (row blocks carry two rows of context)."""
+  as the tiles of `search_transfer` compute them (each with one position of context around)."""
   from ttsr_jax.models import search_transfer as st
 
   def factored(query_hw, key_hw):
-    (height, width), (key_h, key_w) = query_hw, key_hw
-    rows, key_rows = st.block_rows(chunk_size, width, key_w)
-    rows, key_rows = min(rows or height, height), min(key_rows or key_h, key_h)
-    blocks = -(-height // rows) * -(-key_h // key_rows)
-    return blocks * (rows + 2) * (width + 2) * (key_rows + 2) * (key_w + 2) * channels
+    side = st.tile_side(chunk_size)
+    (rows, row_len), (cols, col_len) = (st.tile_layout(n, side) for n in query_hw)
+    (key_rows, key_row_len), (key_cols, key_col_len) = (st.tile_layout(n, side) for n in key_hw)
+    return (rows * cols * (row_len + 2) * (col_len + 2) * key_rows * key_cols
+            * (key_row_len + 2) * (key_col_len + 2) * channels)
 
   (height, width), (key_h, key_w) = lr_hw, ref_hw
   if mode == "exact":
@@ -73,15 +86,60 @@ def _matmul_gflops(size: int = 2048) -> float:
   return 2 * size ** 3 / (time.perf_counter() - start) / 1e9
 
 
+class RssPeak:
+  """The peak resident set size of this process while the block runs, sampled from
+  /proc/self/statm every `interval_s` (what the kernel holds, unlike XLA's memory analysis)."""
+
+  def __init__(self, interval_s: float = 0.01):
+    self._interval, self.peak_gb = interval_s, rss_gb()
+
+  def _sample(self):
+    while not self._done.wait(self._interval):
+      self.peak_gb = max(self.peak_gb, rss_gb())
+
+  def __enter__(self):
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    self.peak_gb = max(self.peak_gb, rss_gb())
+
+
+def rss_gb() -> float:
+  """This process's resident set size now, from /proc/self/statm."""
+  resident_pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
+  return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def _first_window_lv3(model, params, images):
+  """The LTE lv3 features of the first tile's window of `predict.prepare_inputs` images, and the
+  tile plan."""
+  import jax
+  from data_pipeline import samples
+  from ttsr_jax import predict
+  from ttsr_jax.models.ttsr import TTSR, to_unit_range
+
+  tiles = predict.tile_plan(images["lr"].shape[:2], predict.DEFAULT_TILE, predict.DEFAULT_HALO)
+  rows, cols = tiles[0]
+  window = (slice(predict.SCALE * rows.start, predict.SCALE * (rows.start + rows.length)),
+            slice(predict.SCALE * cols.start, predict.SCALE * (cols.start + cols.length)))
+  lrsr = samples.normalize(images["lrsr"][window])[None]
+  lv3 = jax.jit(lambda p, x: model.apply({"params": p}, to_unit_range(x),
+                                         method=TTSR.texture_features)[2])(params, lrsr)
+  return lv3, tiles
+
+
 def run_case(case: str, mode: str, runs: int, save: pathlib.Path) -> dict:
   import jax
   import numpy as np
   from bench import search_memory
   from configs import default
-  from data_pipeline import samples
   from ttsr_jax import predict, specs
   from ttsr_jax.models import search_transfer as st
-  from ttsr_jax.models.ttsr import TTSR, to_unit_range
 
   config = default.get_config()
   chunk = config.eval.search_chunk_size
@@ -89,25 +147,20 @@ def run_case(case: str, mode: str, runs: int, save: pathlib.Path) -> dict:
   params = search_memory._random_params(model)  # pylint: disable=protected-access
   images = predict.prepare_inputs(*search_memory._images(case))  # pylint: disable=protected-access
   matmul = _matmul_gflops()
-  times = []
+  times, peaks = [], []
   for _ in range(runs):
     start = time.perf_counter()
-    reference = predict.reference_features(model, params, images["ref"])
-    prediction = predict.super_resolve(model, params, images, reference=reference)
-    jax.block_until_ready(prediction)
+    with RssPeak() as reference_peak:
+      reference = jax.block_until_ready(predict.reference_features(model, params, images["ref"]))
+    reference_held = rss_gb()
+    with RssPeak() as tiles_peak:
+      prediction = predict.super_resolve(model, params, images, reference=reference)
     times.append(time.perf_counter() - start)
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peaks.append((reference_peak.peak_gb, tiles_peak.peak_gb))
+  reference_peak_gb, tiles_peak_gb = (max(p) for p in zip(*peaks))
   np.savez(save, sr=prediction.sr, index=prediction.index)
 
-  # The search alone, on the first tile's window.
-  lr_hw = images["lr"].shape[:2]
-  tiles = predict.tile_plan(lr_hw, predict.DEFAULT_TILE, predict.DEFAULT_HALO)
-  rows, cols = tiles[0]
-  window = (slice(predict.SCALE * rows.start, predict.SCALE * (rows.start + rows.length)),
-            slice(predict.SCALE * cols.start, predict.SCALE * (cols.start + cols.length)))
-  lrsr = samples.normalize(images["lrsr"][window])[None]
-  lrsr_lv3 = jax.jit(lambda p, x: model.apply({"params": p}, to_unit_range(x),
-                                              method=TTSR.texture_features)[2])(params, lrsr)
+  lrsr_lv3, tiles = _first_window_lv3(model, params, images)
   if mode == "exact":
     search = jax.jit(lambda q, k: st.search_keys(q, k, chunk))
   else:
@@ -121,11 +174,16 @@ def run_case(case: str, mode: str, runs: int, save: pathlib.Path) -> dict:
   window_madds = multiply_adds(mode, lrsr_lv3.shape[1:3], grid, channels, chunk)
   image_madds = sum(multiply_adds(mode, (r.length, c.length), grid, channels, chunk)
                     for r, c in tiles)
+  reference_gb = {name: x.nbytes / 1e9 for name, x in reference._asdict().items()}
   return dict(case=case, mode=mode, out=f"{prediction.sr.shape[1]}x{prediction.sr.shape[0]}",
               ref=f"{images['ref'].shape[1]}x{images['ref'].shape[0]}", tiles=len(tiles),
-              time_s=times[-1], first_s=times[0], peak_rss_gb=peak, search_s=search_s,
-              window_gmadd=window_madds / 1e9, search_gflops=2 * window_madds / search_s / 1e9,
-              matmul_gflops=matmul, image_gmadd=image_madds / 1e9)
+              time_s=times[-1], first_s=times[0],
+              peak_rss_gb=max(reference_peak_gb, tiles_peak_gb),
+              reference_peak_gb=reference_peak_gb, reference_held_gb=reference_held,
+              tiles_peak_gb=tiles_peak_gb, reference_arrays_gb=reference_gb,
+              search_s=search_s, window_gmadd=window_madds / 1e9,
+              search_gflops=2 * window_madds / search_s / 1e9, matmul_gflops=matmul,
+              image_gmadd=image_madds / 1e9, load=os.getloadavg())
 
 
 def search_only(lr_hw: tuple[int, int], ref_hw: tuple[int, int], modes: list[str],
@@ -164,6 +222,78 @@ def compare(result: pathlib.Path, versus: pathlib.Path) -> tuple[float, float, f
           100 * np.mean(diff > 1))
 
 
+def ties(case: str) -> None:
+  import jax
+  import numpy as np
+  from bench import search_memory
+  from configs import default
+  from ttsr_jax import predict, specs
+  from ttsr_jax.models import search_transfer as st
+
+  chunk = default.get_config().eval.search_chunk_size
+  model = specs.model_spec(default.get_config().model).build(search_mode="factored")
+  params = search_memory._random_params(model)  # pylint: disable=protected-access
+  images = predict.prepare_inputs(*search_memory._images(case))  # pylint: disable=protected-access
+  refsr_lv3 = predict.reference_features(model, params, images["ref"]).keys
+  lrsr_lv3, _ = _first_window_lv3(model, params, images)
+  keys = jax.jit(st.reference_keys, static_argnums=1)(refsr_lv3, 8)
+  exact = np.asarray(jax.jit(lambda q, k: st.search_keys(q, k, chunk)[1])(lrsr_lv3, keys)[0])
+  factored = np.asarray(jax.jit(lambda q, k: st.search_features(q, k, "factored", chunk)[1])(
+      lrsr_lv3, refsr_lv3)[0])
+  unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  query = unit(np.asarray(st.unfold3x3(lrsr_lv3)[0], np.float64))
+  differ = np.nonzero(factored != exact)[0]
+  key_patches = np.asarray(st.unfold3x3(refsr_lv3)[0])
+  # In blocks of reference positions: all of them in float64 would be 8 x 9C bytes each.
+  scores = np.concatenate([query[differ] @ unit(block.astype(np.float64)).T
+                           for block in np.array_split(key_patches, -(-len(key_patches) // 8192))],
+                          axis=-1)
+  channels = lrsr_lv3.shape[-1]
+  bound = (9 * channels + 8) * 2.0 ** -24  # float32 rounding of one score (tests derive it)
+  print(f"{case}: {query.shape[0]} LR positions of the first window, {key_patches.shape[0]} "
+        f"reference positions; float32 rounding bound of a score {bound:.2e}")
+  best = scores.argmax(-1)
+  gap = np.abs(scores[np.arange(len(differ)), factored[differ]]
+               - scores[np.arange(len(differ)), exact[differ]])
+  print(f"factored differs from exact at {len(differ)} positions "
+        f"({100 * len(differ) / len(query):.3f} %); there the float64 best is exact's pick at "
+        f"{np.sum(best == exact[differ])}, factored's at {np.sum(best == factored[differ])}, "
+        f"neither at {np.sum((best != exact[differ]) & (best != factored[differ]))}; the two "
+        f"picks' float64 scores differ by median {np.median(gap) if len(gap) else 0:.2e}, max "
+        f"{gap.max() if len(gap) else 0:.2e}, within twice the bound at {np.sum(gap <= 2 * bound)}")
+
+
+def tile_memory(case: str, modes: list[str]) -> None:
+  import jax
+  import jax.numpy as jnp
+  from bench import search_memory
+  from configs import default
+  from ttsr_jax import predict, specs, step
+
+  config = default.get_config()
+  lr, ref = search_memory._images(case)  # pylint: disable=protected-access
+  lr_hw = lr.shape[:2]
+  rows, cols = predict.tile_plan(lr_hw, predict.DEFAULT_TILE, predict.DEFAULT_HALO)[0]
+  grid = (ref.shape[0] // predict.SCALE, ref.shape[1] // predict.SCALE)
+  abstract = lambda *shape: jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+  for mode in modes:
+    model = specs.model_spec(config.model).build(
+        search_chunk_size=config.eval.search_chunk_size, search_mode=mode)
+    params = jax.eval_shape(model.init, jax.random.key(0), *step.example_inputs())["params"]
+    reference = jax.eval_shape(
+        lambda p, r, rs: model.apply({"params": p}, r, rs, method=type(model).reference_features),
+        params, abstract(*ref.shape[:2], 3), abstract(*ref.shape[:2], 3))
+    window = abstract(rows.length, cols.length, 3)
+    window4 = abstract(predict.SCALE * rows.length, predict.SCALE * cols.length, 3)
+    compiled = predict.tile_function(model).lower(params, window, window4, reference).compile()
+    analysis = compiled.memory_analysis()
+    held = sum(x.size * 4 for x in reference) / 1e9
+    print(f"{case} {mode:8} reference grid {grid}, tile window {rows.length}x{cols.length} LR: "
+          f"reference arrays {held:.2f} GB, arguments {analysis.argument_size_in_bytes / 1e9:.2f} "
+          f"GB, temporaries {analysis.temp_size_in_bytes / 1e9:.2f} GB, outputs "
+          f"{analysis.output_size_in_bytes / 1e9:.2f} GB", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +306,17 @@ def main() -> None:
   parser.add_argument("--search_only", metavar="HxW:HxW",
                       help="only time the searches, in this process, on LR and reference grids "
                       "of these sizes (lv3 positions)")
+  parser.add_argument("--tile_memory", metavar="CASE",
+                      help="only print XLA's memory analysis of CASE's tile program per mode")
+  parser.add_argument("--ties", metavar="CASE",
+                      help="only compare the modes' picks with float64 scores on CASE")
   args = parser.parse_args()
+  if args.tile_memory:
+    tile_memory(args.tile_memory, args.modes.split(","))
+    return
+  if args.ties:
+    ties(args.ties)
+    return
   if args.search_only:
     lr_hw, ref_hw = (tuple(int(n) for n in side.split("x")) for side in
                      args.search_only.split(":"))
@@ -190,7 +330,8 @@ def main() -> None:
   skip = set(args.skip.split(","))
   print(f"{'case':6} {'mode':8} {'output':>9} {'reference':>9} {'tiles':>5} {'time s':>7} "
         f"{'first s':>7} {'RSS GB':>6} {'search s':>8} {'Gmadd':>7} {'GFLOP/s':>7} "
-        f"{'matmul':>6} {'Gmadd (image)':>13} {'argmax %':>8} {'off 1 %':>8} {'off >1 %':>8}")
+        f"{'matmul':>6} {'Gmadd (image)':>13} {'argmax %':>8} {'off 1 %':>8} {'off >1 %':>8} "
+        f"{'ref held':>8} {'ref peak':>8} {'tile peak':>9} {'load 1/5 min':>12}")
   modes = args.modes.split(",")
   modes = [args.versus] * (args.versus in modes) + [m for m in modes if m != args.versus]
   with tempfile.TemporaryDirectory() as tmp:
@@ -216,8 +357,11 @@ def main() -> None:
         print(f"{case:6} {mode:8} {r['out']:>9} {r['ref']:>9} {r['tiles']:>5} "
               f"{r['time_s']:7.1f} {first} {r['peak_rss_gb']:6.2f} {r['search_s']:8.2f} "
               f"{r['window_gmadd']:7.0f} {r['search_gflops']:7.1f} {r['matmul_gflops']:6.1f} "
-              f"{r['image_gmadd']:13.0f} {agreement[0]:>8} {agreement[1]:>8} {agreement[2]:>8}",
-              flush=True)
+              f"{r['image_gmadd']:13.0f} {agreement[0]:>8} {agreement[1]:>8} {agreement[2]:>8} "
+              f"{r['reference_held_gb']:8.2f} {r['reference_peak_gb']:8.2f} "
+              f"{r['tiles_peak_gb']:9.2f} {r['load'][0]:6.1f} {r['load'][1]:5.1f}", flush=True)
+        arrays = ", ".join(f"{k} {v:.2f}" for k, v in r["reference_arrays_gb"].items())
+        print(f"{'':15} reference arrays (GB): {arrays}", flush=True)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def _scores64(lr, ref):
   return np.einsum("nqd,nkd->nqk", q, k)
 
 
-@pytest.mark.parametrize("chunk_size", [0, 11, 40])  # whole; blocks of 1 and 3 rows of 11
+@pytest.mark.parametrize("chunk_size", [0, 11, 40])  # whole; tiles of 3 x 3 and 6 x 6 positions
 def test_factored_search_matches_exact(chunk_size):
   lr, ref = _random_features(jax.random.key(5), (9, 11), (13, 7))
   s_exact, idx_exact = search_jit(lr, ref, 0)
@@ -174,6 +174,27 @@ def test_factored_search_matches_exact_on_real_images():
   np.testing.assert_allclose(np.asarray(s_fact).ravel()[agree[0]],
                              np.asarray(s_exact).ravel()[agree[0]], rtol=0,
                              atol=_cosine_bound(lr.shape[-1]))
+
+
+def test_factored_search_breaks_ties_as_exact_does():
+  """A periodic reference holds each of its patches many times, with bit-equal scores: `exact`'s
+  argmax takes the lowest index among them, and so must `factored`, whichever tiles they fall
+  in."""
+  rng = np.random.default_rng(1)
+  period = (3, 4)
+  ref = np.tile(np.maximum(rng.standard_normal((1, *period, 8)), 0), (1, 5, 4, 1))  # 15 x 16
+  lr = ref[:, 2:11, 1:12]
+  rows, cols = np.mgrid[1:8, 1:10]  # LR positions whose patch lies inside the reference's
+  # The first reference position (not on the zero-padded border) of the same phase.
+  want = ((rows + 2 - 1) % period[0] + 1) * 16 + (cols + 1 - 1) % period[1] + 1
+  inner = np.zeros((9, 11), bool)
+  inner[1:8, 1:10] = True
+  lr, ref = jnp.asarray(lr, jnp.float32), jnp.asarray(ref, jnp.float32)
+  _, idx_exact = search_jit(lr, ref, 0)
+  np.testing.assert_array_equal(np.asarray(idx_exact)[0][inner.ravel()], want.ravel())
+  for chunk_size in (0, 11, 40):  # whole; tiles of 3 x 3 and 6 x 6 positions
+    _, idx = search_features_jit(lr, ref, "factored", chunk_size)
+    np.testing.assert_array_equal(np.asarray(idx)[0][inner.ravel()], want.ravel())
 
 
 @pytest.mark.parametrize("offset", [(4, 6), (3, 5)])  # on the coarse search's 2x2 cells, and not

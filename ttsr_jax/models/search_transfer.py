@@ -23,7 +23,9 @@ search modes for inference on large images (docs/inference.md):
   correlation between positions followed by a sum of nine diagonally shifted copies of it, divided
   by the key's norm (the query's norm is the same for a whole row and does not move its argmax).
   The same numbers summed in another order, with 9x fewer multiply-adds, and the reference side
-  needs only its lv3 map, not its 9x unfolded keys.
+  needs only its lv3 map, not its 9x unfolded keys. It runs over square tiles of LR positions
+  against square tiles of reference positions (one position of context around each), small
+  enough that the correlation block and its shifted sums stay in the CPU's caches.
 * `coarse`: coarse-to-fine matching as in MASA-SR (Lu et al., CVPR 2021): a factored search on
   2x2-average-pooled features gives a few candidate cells of the reference for each 2x2 cell of
   LR positions; each LR position then takes the best patch, scored exactly, in the
@@ -32,6 +34,7 @@ search modes for inference on large images (docs/inference.md):
 Both recompute S from the chosen pair as `exact` does.
 """
 
+import math
 from typing import Optional
 
 import jax
@@ -39,13 +42,15 @@ import jax.numpy as jnp
 
 _NORM_EPS = 1e-12
 SEARCH_MODES = ("exact", "factored", "coarse")
-# Reference positions scored at a time by the `factored` search (with the LR positions of one
-# chunk): bounds the correlation block however large the reference is.
-KEY_BLOCK_POSITIONS = 16384
 # `coarse`: candidate reference cells kept per 2x2 cell of LR positions, and the margin, in
 # full-resolution positions, of the neighbourhood searched around each.
 COARSE_CANDIDATES = 4
 COARSE_MARGIN = 1
+# Largest side of the `factored` search's square tiles: the correlation block of two tiles with
+# their context, (side + 2)^4 floats, then fits a core's L2 cache (1 MB on the Zen 4 CPU of
+# docs/benchmarks.md), where its nine shifted reads cost little; larger tiles waste less on
+# context but wait on the shared L3 and memory.
+FACTORED_TILE_SIDE = 20
 
 
 def check_search_mode(mode: str, name: str = "search_mode") -> None:
@@ -189,6 +194,22 @@ def _patch_scores(query_rows: jnp.ndarray, key_rows: jnp.ndarray,
   return scores * key_scale[:, None, None]
 
 
+def _windows(x: jnp.ndarray, rows: jnp.ndarray, cols: jnp.ndarray,
+             size: tuple[int, int]) -> jnp.ndarray:
+  """x[b, rows + i, cols + j] for i, j < size, zeros outside x, as if x were zero-padded.
+
+  x: (N, H, W, ...); rows, cols: (N, ...) top-left corners, which may lie outside x. Returns
+  (N, ..., size[0], size[1], ...). Gathers instead of padding x: a padded copy of a large
+  reference's features would cost as much memory as the features themselves."""
+  n, height, width = x.shape[:3]
+  r = rows[..., None, None] + jnp.arange(size[0])[:, None]
+  c = cols[..., None, None] + jnp.arange(size[1])[None, :]
+  inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+  batch = jnp.arange(n).reshape((n,) + (1,) * (r.ndim - 1))
+  values = x[batch, jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)]
+  return jnp.where(inside.reshape(inside.shape + (1,) * (x.ndim - 3)), values, 0)
+
+
 def _best(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """The `count` largest of (..., K) scores and their positions, the lower position first among
   equal scores (as argmax)."""
@@ -199,61 +220,83 @@ def _best(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   return values, index.astype(jnp.int32)
 
 
-def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, query_rows: int,
-                  key_rows: int) -> jnp.ndarray:
+def tile_layout(size: int, side: int) -> tuple[int, int]:
+  """(tiles, length): the fewest tiles of at most `side` positions (0: all) that cover `size`
+  positions, all of one length; the last starts early enough to end at the last position."""
+  if side <= 0 or side >= size:
+    return 1, size
+  tiles = -(-size // side)
+  return tiles, -(-size // tiles)
+
+
+def tile_side(chunk_size: int) -> int:
+  """Side of the square tiles of positions the `factored` search scores against each other for a
+  search chunk size (0: whole grids): at most `chunk_size` positions and FACTORED_TILE_SIDE."""
+  return min(math.isqrt(chunk_size), FACTORED_TILE_SIDE) if chunk_size > 0 else 0
+
+
+def _tile_starts(grid_hw: tuple[int, int], side: int) -> tuple[jnp.ndarray, tuple[int, int]]:
+  """((T, 2) top-left corners, (rows, cols) of each tile) of `tile_layout` tiles of a grid."""
+  (row_tiles, rows), (col_tiles, cols) = (tile_layout(size, side) for size in grid_hw)
+  firsts = lambda tiles, length, size: jnp.minimum(jnp.arange(tiles) * length, size - length)
+  r, c = jnp.meshgrid(firsts(row_tiles, rows, grid_hw[0]), firsts(col_tiles, cols, grid_hw[1]),
+                      indexing="ij")
+  return jnp.stack([r.ravel(), c.ravel()], axis=-1), (rows, cols)
+
+
+def _merge_best(kept: tuple[jnp.ndarray, jnp.ndarray], new: tuple[jnp.ndarray, jnp.ndarray],
+                count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The `count` best of two (values, indices) lists of (..., count) candidates. For count 1,
+  the lower index wins a tie, as argmax over all keys would pick it; for more, the kept ones."""
+  if count == 1:
+    take = (new[0] > kept[0]) | ((new[0] == kept[0]) & (new[1] < kept[1]))
+    return jnp.where(take, new[0], kept[0]), jnp.where(take, new[1], kept[1])
+  values, best = _best(jnp.concatenate([kept[0], new[0]], axis=-1), count)
+  return values, jnp.take_along_axis(jnp.concatenate([kept[1], new[1]], axis=-1), best, axis=-1)
+
+
+def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, side: int) -> jnp.ndarray:
   """The `count` best keys of every query by normalised 3x3-patch inner product, as
   (N, H*W, count) row-major indices into keys' (h, w) grid, best first.
 
-  query (N, H, W, C) and keys (N, h, w, C) are feature maps; blocks of `query_rows` rows of
-  queries are scored against blocks of `key_rows` rows of keys (0: all rows) and the best are
-  kept as the key blocks go by, so one (query_rows x W x key_rows x w) block of scores exists at a
-  time.
+  query (N, H, W, C) and keys (N, h, w, C) are feature maps. Square tiles of at most `side` x
+  `side` queries are scored against tiles of as many keys (0: whole grids), the best kept as the
+  key tiles go by: a tile pair's correlation block, its nine shifted sums and the argmax stay in
+  the CPU's caches, where whole rows of positions would not (the shifted sums then wait on
+  memory).
   """
-  n, height, width, _ = query.shape
+  n, height, width, channels = query.shape
   _, key_h, key_w, _ = keys.shape
-  query_rows = height if query_rows <= 0 else min(query_rows, height)
-  key_rows = key_h if key_rows <= 0 else min(key_rows, key_h)
   count = min(count, key_h * key_w)
-  query_padded = jnp.pad(query, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  keys_padded = jnp.pad(keys, ((0, 0), (1, 1), (1, 1), (0, 0)))
   key_scale = inverse_key_norms(keys)
-  # The last key block starts early enough to end at the last row; the keys it sees again
-  # cannot displace themselves (only a larger score replaces a kept one).
-  key_starts = jnp.minimum(jnp.arange(-(-key_h // key_rows)) * key_rows, key_h - key_rows)
+  # A tile's positions with one position of context around: (N, rows + 2, cols + 2, C).
+  with_context = lambda x, start, rows, cols: _windows(
+      x, jnp.full((n,), start[0] - 1), jnp.full((n,), start[1] - 1), (rows + 2, cols + 2))
+  query_starts, (rows, cols) = _tile_starts((height, width), side)
+  key_starts, (key_rows, key_cols) = _tile_starts((key_h, key_w), side)
 
-  def query_block(start):
-    rows = jax.lax.dynamic_slice_in_dim(query_padded, start, query_rows + 2, axis=1)
+  def query_tile(index, start):
+    window = with_context(query, start, rows, cols)
 
-    def key_block(kept, key_start):
+    def key_tile(kept, key_start):
       scores = _patch_scores(
-          rows, jax.lax.dynamic_slice_in_dim(keys_padded, key_start, key_rows + 2, axis=1),
-          jax.lax.dynamic_slice_in_dim(key_scale, key_start, key_rows, axis=1))
-      values, index = _best(scores.reshape(n, query_rows, width, key_rows * key_w), count)
-      # Kept ones first: among equal scores the earlier (lower) key index stays.
-      values = jnp.concatenate([kept[0], values], axis=-1)
-      index = jnp.concatenate([kept[1], index + key_start * key_w], axis=-1)
-      best_values, best = _best(values, count)
-      return (best_values, jnp.take_along_axis(index, best, axis=-1)), None
+          window, with_context(keys, key_start, key_rows, key_cols),
+          jax.lax.dynamic_slice(key_scale, (0, *key_start), (n, key_rows, key_cols)))
+      values, local = _best(scores.reshape(n, rows * cols, key_rows * key_cols), count)
+      r, c = jnp.divmod(local, key_cols)
+      return _merge_best(kept, (values, (key_start[0] + r) * key_w + key_start[1] + c),
+                         count), None
 
-    kept = (jnp.full((n, query_rows, width, count), -jnp.inf, query.dtype),
-            jnp.zeros((n, query_rows, width, count), jnp.int32))
-    (_, index), _ = jax.lax.scan(key_block, kept, key_starts)
-    return index
+    kept = (jnp.full((n, rows * cols, count), -jnp.inf, query.dtype),
+            jnp.zeros((n, rows * cols, count), jnp.int32))
+    (_, best), _ = jax.lax.scan(key_tile, kept, key_starts)
+    # Overlapping tiles write the same indices again.
+    return jax.lax.dynamic_update_slice(index, best.reshape(n, rows, cols, count),
+                                        (0, start[0], start[1], 0)), None
 
-  if query_rows == height:
-    index = query_block(0)
-  else:
-    index = _fill_in_blocks(query_block, jnp.zeros((n, height, width, count), jnp.int32),
-                            query_rows)
+  index, _ = jax.lax.scan(query_tile, jnp.zeros((n, height, width, count), jnp.int32),
+                          query_starts)
   return index.reshape(n, height * width, count)
-
-
-def block_rows(chunk_size: int, query_w: int, key_w: int) -> tuple[int, int]:
-  """Rows of queries and of keys per block of the `factored` search (0: all) for a search chunk
-  size, query and key grid widths."""
-  if chunk_size <= 0:
-    return 0, 0
-  return max(1, chunk_size // query_w), max(1, KEY_BLOCK_POSITIONS // key_w)
 
 
 def _pool2x2(x: jnp.ndarray) -> jnp.ndarray:
@@ -270,43 +313,31 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
   _, key_h, key_w, _ = keys.shape
   cells_h, cells_w = -(-height // 2), -(-width // 2)
   cells_key_w = -(-key_w // 2)
-  cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES,
-                        *block_rows(chunk_size, cells_w, cells_key_w))
+  cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES, tile_side(chunk_size))
   count = cells.shape[-1]
   m = COARSE_MARGIN
   side = 2 + 2 * m  # key positions per side of a candidate's neighbourhood
-  # Queries: each cell's 2x2 positions with one position of context around (4x4).
-  query_padded = jnp.pad(query, ((0, 0), (1, 1 + height % 2), (1, 1 + width % 2), (0, 0)))
-  # Keys: a neighbourhood's positions start m before the cell and need one more of context.
-  pad = m + 1
-  keys_padded = jnp.pad(keys, ((0, 0), (pad, pad + 2), (pad, pad + 2), (0, 0)))
-  key_scale = jnp.pad(inverse_key_norms(keys), ((0, 0), (m, m + 2), (m, m + 2)))
-  valid = jnp.pad(jnp.ones((n, key_h, key_w), bool), ((0, 0), (m, m + 2), (m, m + 2)))
+  key_scale = inverse_key_norms(keys)
+  valid = jnp.ones((n, key_h, key_w), bool)
   cell_r, cell_c = jnp.divmod(jnp.arange(cells_h * cells_w), cells_w)
-
-  def windows(padded, rows, cols, size):
-    """padded[b, rows + i, cols + j] for i, j < size: (N, ..., size, size[, C])."""
-    offsets = jnp.arange(size)
-    r = rows[..., None, None] + offsets[:, None]
-    s = cols[..., None, None] + offsets[None, :]
-    return padded[jnp.arange(n).reshape((n,) + (1,) * (r.ndim - 1)), r, s]
-
   block = chunk_size if 0 < chunk_size < cells_h * cells_w else cells_h * cells_w
 
   def cell_block(start):
     sl = lambda x: jax.lax.dynamic_slice_in_dim(x, start, block, axis=x.ndim - 1)
     rows, cols = sl(cell_r)[None], sl(cell_c)[None]
-    q = windows(query_padded, 2 * rows, 2 * cols, 4)  # (N, B, 4, 4, C)
+    # Each cell's 2x2 positions with one position of context around.
+    q = _windows(query, 2 * rows - 1, 2 * cols - 1, (4, 4))  # (N, B, 4, 4, C)
     cand = jax.lax.dynamic_slice_in_dim(cells, start, block, axis=1)  # (N, B, count)
     key_r, key_c = 2 * (cand // cells_key_w), 2 * (cand % cells_key_w)
-    k = windows(keys_padded, key_r, key_c, side + 2)  # (N, B, count, side+2, side+2, C)
+    # A neighbourhood's positions start m before the cell and need one more of context.
+    k = _windows(keys, key_r - m - 1, key_c - m - 1, (side + 2,) * 2)  # (N, B, count, .., C)
     # The keys as the left operand: XLA:CPU runs these many small products several times faster
     # that way round.
     corr = jnp.einsum("nbkuvc,nbijc->nbkuvij", k, q, precision=jax.lax.Precision.HIGHEST)
     scores = sum(corr[:, :, :, di:di + side, dj:dj + side, di:di + 2, dj:dj + 2]
                  for di in range(3) for dj in range(3))  # (N, B, count, side, side, 2, 2)
-    scale = windows(key_scale, key_r, key_c, side)[..., None, None]
-    inside = windows(valid, key_r, key_c, side)[..., None, None]
+    scale = _windows(key_scale, key_r - m, key_c - m, (side, side))[..., None, None]
+    inside = _windows(valid, key_r - m, key_c - m, (side, side))[..., None, None]
     scores = jnp.where(inside, scores * scale, -jnp.inf)
     best = jnp.argmax(scores.reshape(n, block, count * side * side, 2, 2), axis=2)
     k_index, offset = jnp.divmod(best, side * side)
@@ -326,12 +357,9 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
 def selected_patches(refsr_lv3: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
   """(N, Q, 9C): the zero-padded 3x3 patches (as `unfold3x3` orders them) of the (N, Q)
   row-major positions `index` of refsr_lv3's grid."""
-  n, h, w, c = refsr_lv3.shape
-  padded = jnp.pad(refsr_lv3, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n, -1, c)
-  rows, cols = index // w, index % w
-  shifts = [jnp.take_along_axis(padded, ((rows + di) * (w + 2) + cols + dj)[..., None], axis=1)
-            for di in range(3) for dj in range(3)]
-  return jnp.concatenate(shifts, axis=-1)
+  n, _, w, c = refsr_lv3.shape
+  patches = _windows(refsr_lv3, index // w - 1, index % w - 1, (3, 3))  # (N, Q, 3, 3, C)
+  return patches.reshape(n, -1, 9 * c)
 
 
 def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
@@ -339,13 +367,14 @@ def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
                     ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """`search` in the `factored` or `coarse` mode, from the reference's lv3 map itself.
 
-  `chunk_size` > 0: LR positions per block (rounded to whole rows; `coarse`: 2x2 cells per
-  block), each scored against blocks of about KEY_BLOCK_POSITIONS reference positions."""
+  `chunk_size` > 0: `factored` scores tiles of about `chunk_size` LR positions (`tile_side`
+  squared) against tiles of as many reference positions; `coarse` does so on its pooled grids
+  and refines `chunk_size` 2x2 cells at a time."""
   n, h, w, _ = lrsr_lv3.shape
   if index is None:
     query, keys = jax.lax.stop_gradient(lrsr_lv3), jax.lax.stop_gradient(refsr_lv3)
     if mode == "factored":
-      index = _factored_top(query, keys, 1, *block_rows(chunk_size, w, keys.shape[2]))[..., 0]
+      index = _factored_top(query, keys, 1, tile_side(chunk_size))[..., 0]
     else:
       index = _coarse_argmax(query, keys, chunk_size)
   index = index.astype(jnp.int32)
