@@ -53,9 +53,9 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
   body (lax.scan, as in gradient accumulation) than outside (bench/conv_backward.py measures it;
   docs/benchmarks.md), while forward convolutions and dots keep their speed. Here the input
   gradient is a forward convolution of the output gradient with the flipped, transposed kernel
-  (the zero-interleaved output gradient for strided convolutions), and the kernel gradient one
-  matrix product per kernel row. Both are written with `conv2d` and dots, so the second
-  derivative (the WGAN-GP penalty) stays fast too.
+  (one per phase of the input grid for strided convolutions), and the kernel gradient one
+  matrix product per kernel row (per tap when strided). Both are written with `conv2d` and
+  dots, so the second derivative (the WGAN-GP penalty) stays fast too.
   """
   return xla_conv2d(x, kernel, stride, padding, precision)
 
