@@ -87,16 +87,18 @@ def main() -> None:
   vgg_params = step.init_vgg_params(first.model, jax.random.PRNGKey(1))
   state = step.create_train_state(first, vgg_params, 1000)
 
-  compiled, flops = {}, {}
+  chosen = lambda name: not args.parts or name in args.parts.split(",")
+  compile_ = lambda fn: jax.jit(fn).lower(state, data, vgg_params).compile()
+  compiled = {}
   for m in (int(m) for m in args.microbatches.split(",")):
-    parts = _parts(_spec(args.batch, m))
-    for name, fn in parts.items():
-      if args.parts and name not in args.parts.split(","):
-        continue
-      compiled[name, m] = jax.jit(fn).lower(state, data, vgg_params).compile()
-      if m == 1:
-        cost = compiled[name, m].cost_analysis()
-        flops[name] = (cost[0] if isinstance(cost, list) else cost).get("flops", 0.0)
+    for name, fn in _parts(_spec(args.batch, m)).items():
+      if chosen(name):
+        compiled[name, m] = compile_(fn)
+  flops = {}
+  for name, fn in _parts(_spec(args.batch, 1)).items():
+    if chosen(name):
+      cost = (compiled[name, 1] if (name, 1) in compiled else compile_(fn)).cost_analysis()
+      flops[name] = (cost[0] if isinstance(cost, list) else cost).get("flops", 0.0)
 
   times = {key: [] for key in compiled}
   matmul = []
