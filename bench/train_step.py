@@ -46,6 +46,23 @@ def matmul_flops_per_s() -> float:
   return 2 * n ** 3 / min(times)
 
 
+def cpu_name() -> str:
+  """The CPU's model name, family/model numbers (virtual machines often name only the vendor's
+  line, e.g. 'AMD EPYC'; family 25 model 17 is Zen 4), cores and widest x86 vector extension,
+  from /proc/cpuinfo; '?' where it cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = {key.strip(): value for key, value in
+              (line.split(":", 1) for line in f if ":" in line)}
+  except OSError:
+    return "?"
+  flags = set(info.get("flags", "").split())
+  vector = next((ext for ext in ("avx512f", "avx2", "avx") if ext in flags), "no AVX")
+  field = lambda key: info.get(key, "?").strip()
+  return (f"{field('model name')} (family {field('cpu family')} model {field('model')}), "
+          f"{os.cpu_count()} cores, {vector}")
+
+
 def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   import dataclasses
 
@@ -108,6 +125,7 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
       gflop=cost.get("flops", 0.0) / 1e9,
       achieved_gflops=cost.get("flops", 0.0) / 1e9 / step_s,
       matmul_gflops=matmul_flops_per_s() / 1e9 if steps else float("nan"),
+      cpu=cpu_name(),
       peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 
 
@@ -130,7 +148,8 @@ def main() -> None:
     return
   print(f"{'variant':16} {'batch':>5} {'micro':>5} {'step s':>8} {'compile s':>9} "
         f"{'XLA mem GB':>10} {'(arg/out/tmp)':>18} {'dev peak GB':>11} {'RSS GB':>7} "
-        f"{'GFLOP':>7} {'GFLOP/s':>8} {'matmul GFLOP/s':>14}  device", flush=True)
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'of matmul':>9}  device",
+        flush=True)
   for batch in args.batch.split(","):
     for name in args.variants.split(","):
       for microbatches in args.microbatches.split(","):
@@ -157,7 +176,9 @@ def _print_row(r: dict) -> None:
         f"{r['compile_s']:>9.1f} {r['total_gb']:>10.2f} "
         f"{r['arg_gb']:>6.2f}/{r['out_gb']:.2f}/{r['temp_gb']:.2f} "
         f"{r['peak_device_gb']:>11.2f} {r['peak_rss_gb']:>7.2f} {r['gflop']:>7.0f} "
-        f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f}  {r['device']}", flush=True)
+        f"{r['achieved_gflops']:>8.1f} {r['matmul_gflops']:>14.1f} "
+        f"{r['achieved_gflops'] / r['matmul_gflops']:>9.0%}  {r['device']} ({r['cpu']})",
+        flush=True)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,9 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
   body (lax.scan, as in gradient accumulation) than outside (bench/conv_backward.py measures it;
   docs/benchmarks.md), while forward convolutions and dots keep their speed. Here the input
   gradient is a forward convolution of the output gradient with the flipped, transposed kernel
-  (the zero-interleaved output gradient for strided convolutions), and the kernel gradient one
-  matrix product per kernel row. Both are written with `conv2d` and dots, so the second
-  derivative (the WGAN-GP penalty) stays fast too.
+  (one per phase of the input grid for strided convolutions), and the kernel gradient one
+  matrix product per kernel row (per tap when strided). Both are written with `conv2d` and
+  dots, so the second derivative (the WGAN-GP penalty) stays fast too.
   """
   return xla_conv2d(x, kernel, stride, padding, precision)
 
@@ -74,23 +74,60 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def _input_gradient(dy, kernel, x_shape, stride, padding, precision):
+  if stride > 1:
+    return _strided_input_gradient(dy, kernel, x_shape, stride, padding, precision)
   k = kernel.shape[0]
-  _, h, w, _ = x_shape
-  # Rows (columns) of the padded input that no output window reaches when stride > 1.
-  rest_h = (h + 2 * padding - k) % stride
-  rest_w = (w + 2 * padding - k) % stride
   edge = k - 1 - padding
-  dilated = jax.lax.pad(dy, jnp.zeros((), dy.dtype),
-                        ((0, 0, 0), (edge, edge + rest_h, stride - 1),
-                         (edge, edge + rest_w, stride - 1), (0, 0, 0)))
+  padded = jax.lax.pad(dy, jnp.zeros((), dy.dtype),
+                       ((0, 0, 0), (edge, edge, 0), (edge, edge, 0), (0, 0, 0)))
   flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-  return conv2d(dilated, flipped, 1, 0, precision)
+  return conv2d(padded, flipped, 1, 0, precision)
+
+
+def _phase_taps(phase, k, stride, padding):
+  """For the input rows t = stride * a + phase: (first kernel row that reaches them, how many
+  kernel rows do (every stride-th), offset c such that kernel row first + stride * m reads
+  output row a + c - m)."""
+  first = (phase + padding) % stride
+  return first, len(range(first, k, stride)), (phase + padding - first) // stride
+
+
+def _strided_input_gradient(dy, kernel, x_shape, stride, padding, precision):
+  """The input gradient of a strided convolution as stride^2 stride-1 convolutions, one per
+  phase of the input grid (rows and columns modulo stride), each with the kernel taps that reach
+  that phase; interleaved afterwards. Convolving the zero-interleaved output gradient instead
+  would multiply stride^2 times as many values, most of them zeros. Every phase's taps are
+  zero-padded to one square size, so that `conv2d`'s own backward pass (square kernels) gives
+  the second derivative."""
+  n, out_h, out_w, _ = dy.shape
+  _, h, w, c = x_shape
+  k = kernel.shape[0]
+  size = -(-k // stride)  # the most taps any phase has along one axis
+  rows, cols = -(-h // stride), -(-w // stride)  # phase grids, padded to equal sizes
+  phases = []
+  for phase_h in range(stride):
+    first_h, taps_h, offset_h = _phase_taps(phase_h, k, stride, padding)
+    for phase_w in range(stride):
+      first_w, taps_w, offset_w = _phase_taps(phase_w, k, stride, padding)
+      taps = jnp.flip(kernel[first_h::stride, first_w::stride], (0, 1)).swapaxes(2, 3)
+      taps = jnp.pad(taps, ((0, size - taps_h), (0, size - taps_w), (0, 0), (0, 0)))
+      # Negative padding crops output rows that no input row of this phase reads.
+      window = jax.lax.pad(
+          dy, jnp.zeros((), dy.dtype),
+          ((0, 0, 0), (taps_h - 1 - offset_h, rows + offset_h - out_h + size - taps_h, 0),
+           (taps_w - 1 - offset_w, cols + offset_w - out_w + size - taps_w, 0), (0, 0, 0)))
+      phases.append(conv2d(window, taps, 1, 0, precision))
+  interleaved = jnp.stack(phases).reshape(stride, stride, n, rows, cols, c)
+  interleaved = interleaved.transpose(2, 3, 0, 4, 1, 5).reshape(n, rows * stride, cols * stride, c)
+  return interleaved[:, :h, :w]
 
 
 def _kernel_gradient(x, dy, k, stride, padding, precision):
   n, out_h, out_w, out_c = dy.shape
   c = x.shape[-1]
   padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  if stride > 1:
+    return _strided_kernel_gradient(padded, dy, k, stride, precision)
   padded_w = padded.shape[2]
   span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
   # dy on the padded input's grid, once per kernel column j (shifted right by j), side by side:
@@ -106,6 +143,20 @@ def _kernel_gradient(x, dy, k, stride, padding, precision):
                               (((0,), (0,)), ((), ())), precision=precision)
           for i in range(k)]  # each (C, k * out_c)
   return jnp.stack(rows).reshape(k, c, k, out_c).transpose(0, 2, 1, 3)
+
+
+def _strided_kernel_gradient(padded, dy, k, stride, precision):
+  """One matrix product per kernel tap, of the strided view of the padded input that tap reads
+  with dy: the stride-1 form would spread dy over the input grid with stride^2 - 1 zeros per
+  value."""
+  n, out_h, out_w, out_c = dy.shape
+  c = padded.shape[-1]
+  span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+  flat_dy = dy.reshape(-1, out_c)
+  taps = [jax.lax.dot_general(
+      padded[:, i:i + span_h:stride, j:j + span_w:stride].reshape(-1, c), flat_dy,
+      (((0,), (0,)), ((), ())), precision=precision) for i in range(k) for j in range(k)]
+  return jnp.stack(taps).reshape(k, k, c, out_c)
 
 
 _IN_LOOP_BODY = contextvars.ContextVar("in_loop_body", default=False)
