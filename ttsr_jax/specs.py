@@ -1,9 +1,11 @@
 """Frozen, typed views of an experiment's config, made and checked once at an entry point.
 
 The `ml_collections.ConfigDict` is what a person edits (configs/*.py, `--config.x=...` flags).
-The commands turn it into these specs with `model_spec` / `train_spec`, which first run every
-check (`check`) so a bad value fails with one line naming its key, before anything compiles;
-the libraries below take specs or plain values, never the ConfigDict.
+The commands turn it into these specs with `model_spec`, `train_spec` and `eval_spec`; the last
+two first run every check (`check`), so a bad value fails with one line naming its key before
+anything compiles. The libraries below take specs or plain values; the training run
+(`train.train_and_evaluate`) still reads its schedule from the ConfigDict and stores it whole
+with each checkpoint.
 """
 
 import dataclasses
