@@ -172,9 +172,6 @@ def _check_eval(e: Any) -> None:
                        ("sizes", testsets.SIZE_CHOICES)):
     if e[key] not in choices:
       raise SpecError(f"config.eval.{key} {e[key]!r}: expected one of {choices}")
-  for key in ("num_images", "num_image_grids", "search_chunk_size"):
-    if e[key] < 0:
-      raise SpecError(f"config.eval.{key} {e[key]}: expected an integer >= 0")
   if sets == ("cufed5",) and not e.levels and not e.multi_reference:
     raise SpecError("config.eval: no protocol to evaluate; set levels or multi_reference")
   try:
@@ -206,7 +203,9 @@ def check(config: Any) -> None:
                             ("train_crop_size", config.train_crop_size, 1),
                             ("microbatches", config.microbatches, 1),
                             ("batch_size", config.batch_size, 1),
-                            ("num_init_epochs", config.num_init_epochs, 0)):
+                            ("num_init_epochs", config.num_init_epochs, 0),
+                            *((f"eval.{key}", config.eval[key], 0)
+                              for key in ("num_images", "num_image_grids", "search_chunk_size"))):
     if value < least:
       raise SpecError(f"config.{key} {value}: expected an integer >= {least}")
   try:
