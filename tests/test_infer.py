@@ -153,7 +153,7 @@ def test_orbax_and_state_dict_give_the_same_image(workdir, tiny_npz, tiny_params
                           "--out", tmp_path / f"{name}.png"], capsys)
     assert code == 0, err
   images = predict.prepare_inputs(_read_png(lr), _read_png(ref))
-  want = predict.super_resolve(TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE),
+  want = predict.super_resolve(TTSR(**TINY, search_chunk_size=predict.DEFAULT_SEARCH_CHUNK_SIZE),
                              tiny_params, images).sr
   np.testing.assert_array_equal(_read_png(tmp_path / "orbax.png"), want)
   np.testing.assert_array_equal(_read_png(tmp_path / "npz.png"), want)
@@ -207,7 +207,7 @@ def test_folders_pair_by_name_and_stitch_several_references(tiny_npz, tiny_param
   assert lines[1].startswith(f"[2/2] b.png: LR 5 x 6, reference 500 x 1000 from 2 files stitched "
                              f"-> {out / 'b.png'} 20 x 24, b_compare.png in ")
   assert {p.name for p in out.iterdir()} == {"a.png", "b.png", "a_compare.png", "b_compare.png"}
-  model = TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE)
+  model = TTSR(**TINY, search_chunk_size=predict.DEFAULT_SEARCH_CHUNK_SIZE)
   for lr, refs in ((lr_a, [ref_a]), (lr_b, refs_b)):
     ref_images = [_read_png(r) for r in refs]
     # The CUFED5 protocol's tile, which these small references fit.
@@ -348,7 +348,7 @@ def test_tiles_show_progress_and_a_shared_reference_is_prepared_once(tiny_npz, t
   assert "4/4 tiles" in err and "ETA" in err
   assert {p.name for p in (tmp_path / "out").iterdir()} == {
       f"{n}{s}.png" for n in "ab" for s in ("", "_confidence", "_correspondence")}
-  model = TTSR(**TINY, search_chunk_size=infer.DEFAULT_SEARCH_CHUNK_SIZE)
+  model = TTSR(**TINY, search_chunk_size=predict.DEFAULT_SEARCH_CHUNK_SIZE)
   want = predict.super_resolve(model, tiny_params, predict.prepare_inputs(_read_png(lr),
                                                                           _read_png(ref)),
                                tile=16, halo=1)

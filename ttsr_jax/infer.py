@@ -42,8 +42,6 @@ from ttsr_jax.models.ttsr import TTSR
 
 Params = dict[str, Any]
 
-DEFAULT_MAX_PIXELS = predict.DEFAULT_MAX_PIXELS
-DEFAULT_SEARCH_CHUNK_SIZE = predict.DEFAULT_SEARCH_CHUNK_SIZE
 DEFAULT_SEARCH_MODE = default.get_config().eval.search_mode
 
 
@@ -182,7 +180,7 @@ def _all_or_nothing(paths: dict[str, pathlib.Path]) -> Iterator[dict[str, np.nda
 
 
 def run(jobs: Sequence[Job], model: TTSR, params: Params, *, compare: bool = False,
-        explain_images: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+        explain_images: bool = False, max_pixels: int = predict.DEFAULT_MAX_PIXELS,
         tile: int = predict.DEFAULT_TILE, halo: int = predict.DEFAULT_HALO) -> None:
   """Super-resolves each job's LR image, writing PNGs and printing a line per image.
 
@@ -288,14 +286,14 @@ def _infer_parser() -> argparse.ArgumentParser:
   parser.add_argument("--compare", action="store_true",
                       help="also write OUT_compare.png: bicubic | TTSR | reference")
   parser.add_argument("--search_chunk_size", type=_int_at_least(0),
-                      default=DEFAULT_SEARCH_CHUNK_SIZE,
+                      default=predict.DEFAULT_SEARCH_CHUNK_SIZE,
                       help="LR positions per block of the relevance matrix, bounding its memory; "
                       "0 = whole matrix (default: %(default)s)")
   parser.add_argument("--search", choices=SEARCH_MODES, default=DEFAULT_SEARCH_MODE,
                       help="relevance search: 'exact' (the reference's), 'factored' (the same "
                       "scores, 9x fewer operations) or 'coarse' (approximate, coarse-to-fine); "
                       "docs/inference.md (default: %(default)s)")
-  parser.add_argument("--max_pixels", type=_int_at_least(1), default=DEFAULT_MAX_PIXELS,
+  parser.add_argument("--max_pixels", type=_int_at_least(1), default=predict.DEFAULT_MAX_PIXELS,
                       help="sanity cap on the output and the reference, in pixels "
                       "(default: %(default)s, 7680x4320)")
   parser.add_argument("--tile", type=_int_at_least(0), default=predict.DEFAULT_TILE,
