@@ -3,6 +3,7 @@ the tile plan's invariants, and the explain images (`ttsr_jax.explain`) decode b
 model's S and index; captioned panels."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from ttsr_jax import explain
 from ttsr_jax import predict
 from ttsr_jax import tiling
 from ttsr_jax.models.ttsr import TTSR
+from parity import gamma
 from tiny_configs import TINY, random_params
 
 # Two tiles per axis at the tiny model's exact halo (22 LR pixels): 64x60 LR in windows of at
@@ -153,16 +155,41 @@ def test_reference_features_in_bands_equal_the_whole_image_ones(model_and_params
   """Without unfolded keys the reference's LTE runs in bands of rows with a halo of context; a
   reference of several bands gives the whole-image features (the last band overlaps)."""
   model, params = model_and_params
+  factored = model.clone(search_mode="factored")
   rng = np.random.default_rng(2)
   height = predict.SCALE * (2 * predict.REFERENCE_BAND_ROWS + 2 * predict.REFERENCE_BAND_HALO + 3)
   ref = rng.integers(0, 256, (height, 24, 3), dtype=np.uint8)
-  whole = predict.reference_features(model, params, ref)
-  banded = predict.reference_features(model.clone(search_mode="factored"), params, ref)
-  refsr_lv3 = jax.jit(lambda p, r, rs: model.apply({"params": p}, r, rs,
-                                                   method=TTSR.reference_textures)[0])
+  banded = predict.reference_features(factored, params, ref)
   prepared = predict.prepare_reference(ref)
-  want_keys = refsr_lv3(params, *(samples.normalize(prepared[k])[None] for k in ("ref", "refsr")))
-  for got, want in zip(banded, (want_keys, *whole[1:])):
+  whole = jax.jit(lambda p, r, rs: factored.apply({"params": p}, r, rs,
+                                                  method=TTSR.reference_features))(
+      params, *(samples.normalize(prepared[k])[None] for k in ("ref", "refsr")))
+  assert banded.lv1.shape == (1, height, 24, 3)  # the image lv1 is computed from
+  for got, want in zip(banded, whole):
     assert got.shape == want.shape
     # The same convolutions on other shapes: float32 rounding of their sums (measured: 0 on lv1-3).
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["factored", "coarse"])
+def test_modes_without_keys_transfer_what_exact_transfers(model_and_params, images, whole, mode):
+  """Given the same index, the modes that compute lv1 where the transfer reads it (and S from the
+  chosen patches) give exact's textures and S within float32 rounding, and its output within one
+  grey level."""
+  model, params = model_and_params
+  _, want = whole
+  inputs = [samples.normalize(images[k])[None] for k in samples.MODEL_INPUT_KEYS]
+  index = jnp.asarray(want.index.reshape(1, -1))
+  forward = lambda m: jax.jit(lambda p, *x: m.apply({"params": p}, *x, index=index))(params,
+                                                                                     *inputs)
+  exact, other = forward(model), forward(model.clone(search_mode=mode))
+  np.testing.assert_array_equal(other.index, exact.index)
+  np.testing.assert_array_equal(other.T_lv2, exact.T_lv2)
+  np.testing.assert_array_equal(other.T_lv3, exact.T_lv3)
+  # lv1 and S: float32 sums of at most 9 * 256 terms in two orders, relative to the largest
+  # value (features are post-ReLU, S a cosine in [0, 1]).
+  for name in ("T_lv1", "S"):
+    got, ref = np.asarray(getattr(other, name)), np.asarray(getattr(exact, name))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2 * gamma(9 * 256) * np.abs(ref).max())
+  diff = np.abs(predict.to_uint8(other.sr[0]).astype(int) - predict.to_uint8(exact.sr[0]))
+  assert diff.max() <= 1

@@ -10,8 +10,8 @@ import pytest
 from parity import gamma, load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
-from ttsr_jax.models.search_transfer import (check_search_mode, reference_keys, search,
-                                             search_features, transfer, unfold3x3)
+from ttsr_jax.models.search_transfer import (Conv3x3Relu, check_search_mode, reference_keys,
+                                             search, search_features, transfer, unfold3x3)
 from ttsr_jax.models.ttsr import to_unit_range
 
 search_jit = jax.jit(search, static_argnums=2)
@@ -95,6 +95,37 @@ def test_transfer_equals_unfold_gather_fold(ref_hw):
     # float32 sum of 9 terms and a rounded 1/9: gamma_10 of the largest input.
     np.testing.assert_allclose(np.asarray(t), _fold_reference(index, feat, lr_hw, scale), rtol=0,
                                atol=gamma(10) * np.abs(feat).max())
+
+
+def _conv3x3(image, kernel):
+  """float64 zero-padded 3x3 convolution, NHWC x HWIO."""
+  h, w = image.shape[1:3]
+  padded = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + h, j:j + w], kernel[i, j].astype(np.float64))
+             for i in range(3) for j in range(3))
+
+
+@pytest.mark.parametrize("ref_hw", [(24, 20), (26, 18)])
+def test_transfer_computes_lv1_where_it_reads_it(ref_hw):
+  """lv1 given as relu(conv3x3(image) + bias) gives the texture of the whole lv1 map."""
+  rng = np.random.RandomState(1)
+  lr_hw = (5, 7)
+  h, w = ref_hw[0] // 4, ref_hw[1] // 4
+  image = rng.standard_normal((2, *ref_hw, 3)).astype(np.float32)
+  kernel = rng.standard_normal((3, 3, 3, 8)).astype(np.float32) / 5
+  bias = rng.standard_normal(8).astype(np.float32) / 5
+  lv2 = rng.standard_normal((2, ref_hw[0] // 2, ref_hw[1] // 2, 4)).astype(np.float32)
+  lv3 = rng.standard_normal((2, h, w, 4)).astype(np.float32)
+  index = rng.randint(0, h * w, size=(2, lr_hw[0] * lr_hw[1]))
+  lv1 = Conv3x3Relu(*(jnp.asarray(a) for a in (image, kernel, bias)))
+  got = transfer(jnp.asarray(index), w, lr_hw, lv1, jnp.asarray(lv2), jnp.asarray(lv3))[2]
+  lv1_map = np.maximum(_conv3x3(image, kernel) + bias, 0)
+  # Each lv1 value is a float32 sum of 28 terms (27 products and the bias), off by at most
+  # gamma_28 of their magnitudes; the fold adds gamma_10 of the largest value (as above).
+  magnitudes = _conv3x3(np.abs(image), np.abs(kernel)) + np.abs(bias)
+  atol = gamma(28) * magnitudes.max() + gamma(10) * lv1_map.max()
+  np.testing.assert_allclose(np.asarray(got), _fold_reference(index, lv1_map, lr_hw, 4), rtol=0,
+                             atol=atol)
 
 
 def test_unfold_zero_pads_borders():

@@ -45,7 +45,7 @@ KEY_BLOCK_POSITIONS = 8192
 # 14 reference pixels beyond a position, so the band's rows are the whole image's.
 REFERENCE_BAND_ROWS = 64
 REFERENCE_BAND_HALO = 4
-_BAND_SCALES = (1, 4, 2, 1)  # rows per lv3 row of refsr_lv3, lv1, lv2, lv3
+_BAND_SCALES = (1, 4, 2, 1)  # rows per lv3 row of each of ReferenceFeatures' arrays
 PANEL_GAP = 8  # white pixels between panels
 CAPTION_HEIGHT = 14  # white strip above each panel with its caption
 
@@ -133,19 +133,18 @@ def sr_function(model: TTSR):
   return jax.jit(lambda params, *images: model.apply({"params": params}, *images).sr)
 
 
-def _banded_textures(textures: Callable) -> Callable:
-  """`textures` (params, ref, refsr) -> (refsr_lv3, (lv1, lv2, lv3)), not jitted, computed in
-  bands of reference rows, each with REFERENCE_BAND_HALO lv3 rows of context, written straight
-  into the whole arrays: only one band's LTE activations exist at a time. Bands of equal size (one
+def _banded(reference_features: Callable) -> Callable:
+  """`reference_features` (params, ref, refsr) -> ReferenceFeatures, not jitted, computed in bands
+  of reference rows, each with REFERENCE_BAND_HALO lv3 rows of context, written straight into the
+  whole arrays: only one band's LTE activations exist at a time. Bands of equal size (one
   compilation); the last starts early enough to end at the last row."""
 
   def band(params, ref, refsr, offset):
-    refsr_lv3, levels = textures(params, ref, refsr)
     rows = REFERENCE_BAND_ROWS
     return tuple(jax.lax.dynamic_slice_in_dim(x, offset * scale, rows * scale, axis=1)
-                 for x, scale in zip((refsr_lv3, *levels), _BAND_SCALES))
+                 for x, scale in zip(reference_features(params, ref, refsr), _BAND_SCALES))
 
-  band, whole_image = _jit_lean(band), _jit_lean(textures)
+  band, whole_image = _jit_lean(band), _jit_lean(reference_features)
   place = _jit_lean(lambda whole, part, start: tuple(
       jax.lax.dynamic_update_slice_in_dim(w, p, start * scale, axis=1)
       for w, p, scale in zip(whole, part, _BAND_SCALES)), donate_argnums=0)
@@ -155,16 +154,16 @@ def _banded_textures(textures: Callable) -> Callable:
     window = REFERENCE_BAND_ROWS + 2 * REFERENCE_BAND_HALO
     if height <= window:
       return whole_image(params, ref, refsr)
-    refsr_lv3, levels = jax.eval_shape(textures, params, ref[:, :SCALE * window],
-                                       refsr[:, :SCALE * window])
+    parts = jax.eval_shape(reference_features, params, ref[:, :SCALE * window],
+                           refsr[:, :SCALE * window])
     whole = tuple(jnp.zeros((x.shape[0], height * scale, *x.shape[2:]), x.dtype)
-                  for x, scale in zip((refsr_lv3, *levels), _BAND_SCALES))
+                  for x, scale in zip(parts, _BAND_SCALES))
     for start in range(0, height, REFERENCE_BAND_ROWS):
       start = min(start, height - REFERENCE_BAND_ROWS)
       first = min(max(start - REFERENCE_BAND_HALO, 0), height - window)
       rows = slice(SCALE * first, SCALE * (first + window))
       whole = place(whole, band(params, ref[:, rows], refsr[:, rows], start - first), start)
-    return whole[0], whole[1:]
+    return ReferenceFeatures(*whole)
 
   return features
 
@@ -177,20 +176,14 @@ def reference_function(model: TTSR):
   `exact` search: in two programs: the LTE's activations are freed before the search keys (9 lv3
   vectors per position, the largest part) are made, and those are made in blocks of rows
   (`reference_keys`), so little more than the keys themselves is held. Other modes need no keys
-  besides refsr's lv3 features, and compute the LTE in bands of rows (`_banded_textures`), so
-  little more than the features themselves is held however large the reference."""
-  apply_textures = lambda params, ref, refsr: model.apply(
-      {"params": params}, ref, refsr, method=TTSR.reference_textures)
+  besides refsr's lv3 features, nor ref's lv1 map, and compute the LTE in bands of rows
+  (`_banded`), so little more than the features themselves is held however large the
+  reference."""
   if model.search_mode != "exact":
-    banded = _banded_textures(apply_textures)
-
-    def features_without_keys(params: Params, ref: jax.Array, refsr: jax.Array
-                              ) -> ReferenceFeatures:
-      refsr_lv3, ref_levels = banded(params, ref, refsr)
-      return ReferenceFeatures(refsr_lv3, *ref_levels)
-
-    return features_without_keys
-  textures = _jit_lean(apply_textures)
+    return _banded(lambda params, ref, refsr: model.apply(
+        {"params": params}, ref, refsr, method=TTSR.reference_features))
+  textures = _jit_lean(lambda params, ref, refsr: model.apply(
+      {"params": params}, ref, refsr, method=TTSR.reference_textures))
   keys = _jit_lean(reference_keys, static_argnums=1)
 
   def features(params: Params, ref: jax.Array, refsr: jax.Array) -> ReferenceFeatures:

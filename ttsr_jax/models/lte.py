@@ -6,9 +6,22 @@ import jax
 import jax.numpy as jnp
 
 from ttsr_jax.models.layers import Conv2d
-from ttsr_jax.models.vgg import vgg19_features
+from ttsr_jax.models.vgg import VGG19_LAYERS, imagenet_normalize, vgg19_features
 
 LTE_TAPS = ("relu1_1", "relu2_1", "relu3_1")
+# lv1 (relu1_1) is relu(this convolution of `lv1_input`).
+_LV1_CONV = f"features_{VGG19_LAYERS[0][1]}"
+
+
+def lv1_input(x01: jnp.ndarray) -> jnp.ndarray:
+  """What the LTE's first convolution reads of [0, 1] images."""
+  return imagenet_normalize(x01)
+
+
+def lv1_conv(lte_params: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(HWIO kernel, bias) of the convolution that makes lv1, from the LTE's parameters."""
+  conv = lte_params[_LV1_CONV]
+  return conv["kernel"], conv["bias"]
 
 
 class LTE(nn.Module):

@@ -35,7 +35,7 @@ Both recompute S from the chosen pair as `exact` does.
 """
 
 import math
-from typing import Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -383,15 +383,55 @@ def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
   return s.reshape(n, h, w, 1), index
 
 
-def _transfer_level(ref_feat: jnp.ndarray, index_rc: tuple[jnp.ndarray, jnp.ndarray],
+class Conv3x3Relu(NamedTuple):
+  """A feature map given as relu(3x3 convolution of `image`, zero-padded, + bias), (N, H, W, C)
+  image, HWIO kernel: the transfer computes its values only where it reads them, from the
+  image's pixels, instead of holding the whole map (with 64 channels, 21x the image)."""
+
+  image: jnp.ndarray
+  kernel: jnp.ndarray
+  bias: jnp.ndarray
+
+
+Level = Union[jnp.ndarray, Conv3x3Relu]
+
+
+def _reader(level: Level) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
+  """(src_r, src_c) (N, ...) -> (N, P, C): the level's values at those positions, clipped into
+  it (the caller masks the positions outside)."""
+  if isinstance(level, Conv3x3Relu):
+    image, kernel, bias = level
+    height, width = image.shape[1:3]
+
+    def read_computed(src_r, src_c):
+      n = src_r.shape[0]
+      rows = jnp.clip(src_r, 0, height - 1).reshape(n, -1)
+      cols = jnp.clip(src_c, 0, width - 1).reshape(n, -1)
+      patches = _windows(image, rows - 1, cols - 1, (3, 3))  # (N, P, 3, 3, C)
+      out = jnp.einsum("npijc,ijco->npo", patches, kernel, precision=jax.lax.Precision.HIGHEST)
+      return jax.nn.relu(out + bias)
+
+    return read_computed
+  n, height, width, c = level.shape
+  flat_map = level.reshape(n, height * width, c)
+
+  def read_map(src_r, src_c):
+    flat = jnp.clip(src_r, 0, height - 1) * width + jnp.clip(src_c, 0, width - 1)
+    return jnp.take_along_axis(flat_map, flat.reshape(n, -1, 1), axis=1)
+
+  return read_map
+
+
+def _transfer_level(level: Level, index_rc: tuple[jnp.ndarray, jnp.ndarray],
                     lr_hw: tuple[int, int], scale: int) -> jnp.ndarray:
   """Unfold (kernel 3s, stride s, padding s) -> gather -> fold (sum) / 9, as gathers."""
-  n, ref_h, ref_w, c = ref_feat.shape
+  ref_h, ref_w = (level.image if isinstance(level, Conv3x3Relu) else level).shape[1:3]
   lr_h, lr_w = lr_hw
   idx_r, idx_c = index_rc  # (N, lr_h, lr_w) reference lv3 coordinates chosen for each LR position
+  n = idx_r.shape[0]
   q_r = jnp.arange(lr_h * scale)[:, None]
   q_c = jnp.arange(lr_w * scale)[None, :]
-  ref_flat = ref_feat.reshape(n, ref_h * ref_w, c)
+  read = _reader(level)
   total = None
   for dr in (-1, 0, 1):
     for dc in (-1, 0, 1):
@@ -403,14 +443,13 @@ def _transfer_level(ref_feat: jnp.ndarray, index_rc: tuple[jnp.ndarray, jnp.ndar
       src_r = q_r + scale * (j_r - i_r)
       src_c = q_c + scale * (j_c - i_c)
       valid = covers & (src_r >= 0) & (src_r < ref_h) & (src_c >= 0) & (src_c < ref_w)
-      flat = jnp.clip(src_r, 0, ref_h - 1) * ref_w + jnp.clip(src_c, 0, ref_w - 1)
-      values = jnp.take_along_axis(ref_flat, flat.reshape(n, -1, 1), axis=1)
+      values = read(src_r, src_c)
       values = jnp.where(valid.reshape(n, -1, 1), values, 0)
       total = values if total is None else total + values
-  return (total / 9).reshape(n, lr_h * scale, lr_w * scale, c)
+  return (total / 9).reshape(n, lr_h * scale, lr_w * scale, -1)
 
 
-def transfer(index: jnp.ndarray, ref_grid_w: int, lr_hw: tuple[int, int], ref_lv1: jnp.ndarray,
+def transfer(index: jnp.ndarray, ref_grid_w: int, lr_hw: tuple[int, int], ref_lv1: Level,
              ref_lv2: jnp.ndarray, ref_lv3: jnp.ndarray
              ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Hard attention: textures T_lv3 (H, W), T_lv2 (2H, 2W), T_lv1 (4H, 4W) for an (N, H*W) index."""

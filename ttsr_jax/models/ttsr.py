@@ -6,10 +6,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ttsr_jax.models import precision as precision_lib
-from ttsr_jax.models.lte import LTE
+from ttsr_jax.models.lte import LTE, lv1_conv, lv1_input
 from ttsr_jax.models.main_net import MainNet
-from ttsr_jax.models.search_transfer import (check_search_mode, reference_keys, search_features,
-                                             search_keys, transfer)
+from ttsr_jax.models.search_transfer import (Conv3x3Relu, check_search_mode, reference_keys,
+                                             search_features, search_keys, transfer)
 
 
 # The constructor fields that fix the parameters and the function they compute; the others
@@ -21,8 +21,13 @@ ARCHITECTURE_KEYS = ("n_feats", "num_res_blocks", "res_scale", "lte_reduce_lv3")
 class ReferenceFeatures(NamedTuple):
   """What the model needs of a reference, independent of the LR image: the search's keys and the
   LTE features of `ref` at three levels (N, Hr, Wr, 64), (N, Hr/2, Wr/2, 128), (N, h, w, C3), with
-  h, w = Hr/4, Wr/4. The keys are the normalised unfolded patches (N, h, w, 9C) in the `exact`
-  search mode, refsr's lv3 features themselves (N, h, w, C) in the others."""
+  h, w = Hr/4, Wr/4.
+
+  In the `exact` search mode the keys are the normalised unfolded patches (N, h, w, 9C). In the
+  others they are refsr's lv3 features themselves (N, h, w, C), and `lv1` is `ref` as the LTE's
+  first convolution reads it (N, Hr, Wr, 3): the transfer computes lv1 only for the patches it
+  takes (`search_transfer.Conv3x3Relu`), so a large reference's memory is not 64 channels at its
+  full resolution."""
 
   keys: jnp.ndarray
   lv1: jnp.ndarray
@@ -84,9 +89,10 @@ class TTSR(nn.Module):
 
   def reference_features(self, ref: jnp.ndarray, refsr: jnp.ndarray) -> ReferenceFeatures:
     """The reference's part of the forward pass, computed once and reused for any LR image."""
-    refsr_lv3, ref_levels = self.reference_textures(ref, refsr)
-    keys = reference_keys(refsr_lv3) if self.search_mode == "exact" else refsr_lv3
-    return ReferenceFeatures(keys, *ref_levels)
+    refsr_lv3, (lv1, lv2, lv3) = self.reference_textures(ref, refsr)
+    if self.search_mode == "exact":
+      return ReferenceFeatures(reference_keys(refsr_lv3), lv1, lv2, lv3)
+    return ReferenceFeatures(refsr_lv3, lv1_input(to_unit_range(ref)), lv2, lv3)
 
   def reference_textures(self, ref: jnp.ndarray, refsr: jnp.ndarray
                          ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]:
@@ -110,9 +116,12 @@ class TTSR(nn.Module):
     else:
       s, index = search_features(lrsr_lv3, reference.keys, self.search_mode,
                                  self.search_chunk_size, index)
+    lv1 = reference.lv1
+    if self.search_mode != "exact":
+      lv1 = Conv3x3Relu(lv1, *lv1_conv(self.LTE.variables["params"]))
     lr_hw = lr.shape[1:3]
-    t_lv3, t_lv2, t_lv1 = transfer(index, reference.keys.shape[2], lr_hw, reference.lv1,
-                                   reference.lv2, reference.lv3)
+    t_lv3, t_lv2, t_lv1 = transfer(index, reference.keys.shape[2], lr_hw, lv1, reference.lv2,
+                                   reference.lv3)
     sr = self.MainNet(lr, s, t_lv3, t_lv2, t_lv1).astype(jnp.float32)
     return TTSROutput(sr, s, t_lv3, t_lv2, t_lv1, index)
 
