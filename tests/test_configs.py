@@ -35,8 +35,8 @@ def test_every_experiment_is_checked():
 def test_config_builds_a_train_step(path):
   config = load_config(path)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = checkpoint.abstract_train_state(config, mesh)
   spec = specs.train_spec(config)
+  state = checkpoint.abstract_train_state(spec, mesh)
   vgg = jax.eval_shape(lambda key: step.init_vgg_params(spec.model, key), jax.random.PRNGKey(0))
   patch, low = 4 * config.train_crop_size, config.train_crop_size
   batch = {key: jax.ShapeDtypeStruct((config.batch_size, patch, patch, 3), jnp.float32)

@@ -260,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
   preemption = _Preemption()
   profiler = StepProfiler(workdir / "tensorboard", config.profile_steps)
   try:
-    restored = checkpoint.restore_latest_intact(mngr, config, mesh)
+    restored = checkpoint.restore_latest_intact(mngr, spec, mesh)
     if restored is None:
       init = jax.jit(lambda vgg: step_lib.create_train_state(spec, vgg, steps_per_epoch),
                      out_shardings=sharding.replicated(mesh))
@@ -280,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
 
     def save(metrics: Optional[dict[str, float]] = None) -> None:
       interval.flush(step)  # never stores a state that followed a non-finite loss
-      checkpoint.save(mngr, step, state, config, metrics)
+      checkpoint.save(mngr, step, state, config.to_dict(), metrics)
 
     for epoch in range(step // steps_per_epoch, total_epochs):
       warmup = epoch < config.num_init_epochs
@@ -394,7 +394,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
   evaluator = _make_evaluator(config)
   directory, step = checkpoint.locate(workdir, which)
   target = generators.abstract_params(specs.model_spec(config.model))
-  g_params = checkpoint.read_generator_params(directory, step, target, config)
+  g_params = checkpoint.read_generator_params(directory, step, target, specs.train_spec(config))
   results, _ = evaluator(jax.device_put(g_params))
   logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
   if jax.process_index() == 0:
