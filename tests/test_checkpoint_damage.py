@@ -276,7 +276,7 @@ def test_truncated_latest_checkpoint_resumes_from_the_previous_and_matches(unint
       checkpoint.verify(step_dir)  # what training wrote, retention included, checks out
   workdir = _damaged_copy(uninterrupted, tmp_path / "run")
   caplog.set_level(logging.INFO, logger="absl")
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(specs.run_spec(config), workdir)
   [warning] = _damage_warnings(caplog)
   assert f"damaged checkpoint of step {TOTAL_STEPS}: state/" in warning
   assert (workdir / "checkpoints" / f"{TOTAL_STEPS}.damaged").is_dir()
