@@ -4,9 +4,8 @@ The `ml_collections.ConfigDict` is what a person edits (configs/*.py, `--config.
 The commands turn it into these specs with `model_spec`, `train_spec`, `eval_spec` and `run_spec`
 (a training run: its schedule, files, train and eval specs, and the whole config as JSON for its
 checkpoints); all but the first run every check (`check`), so a bad value fails with one line
-naming its key before anything compiles. The libraries below take specs or plain values; the
-training run (`train.train_and_evaluate`) still reads its schedule from the ConfigDict and stores
-it whole with each checkpoint.
+naming its key before anything compiles. The libraries below take specs or plain values, never
+the ConfigDict.
 """
 
 import dataclasses
