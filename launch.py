@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = FLAGS.config
   try:
-    specs.check(config)
+    run = specs.run_spec(config)  # a bad value stops here, before anything compiles
   except specs.SpecError as e:
     raise app.UsageError(str(e)) from None
   if config.distributed.initialize:
@@ -94,9 +94,9 @@ def main(argv: list[str]) -> None:
   _warn_if_cpu_only(config)
   try:
     if FLAGS.mode == "train":
-      train.train_and_evaluate(config, FLAGS.workdir)
+      train.train_and_evaluate(run, FLAGS.workdir)
     else:
-      train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+      train.evaluate(run, FLAGS.workdir, FLAGS.checkpoint)
   except (train.TrainError, checkpoint.CheckpointError, files.DatasetError) as e:
     logging.error("%s", e)
     sys.exit(1)

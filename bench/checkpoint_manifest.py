@@ -20,13 +20,13 @@ import orbax.checkpoint as ocp
 
 from ttsr_jax import checkpoint
 from ttsr_jax import sharding
+from ttsr_jax import specs
 
 
-def _random_state(config, mesh):
+def _random_state(target):
   rng = np.random.default_rng(0)
   return jax.tree_util.tree_map(
-      lambda s: rng.random(s.shape, dtype=np.float32).astype(s.dtype),
-      checkpoint.abstract_train_state(config, mesh))
+      lambda s: rng.random(s.shape, dtype=np.float32).astype(s.dtype), target)
 
 
 def main() -> None:
@@ -36,9 +36,9 @@ def main() -> None:
   args = parser.parse_args()
   config = importlib.import_module(f"configs.{args.config}").get_config()
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = _random_state(config, mesh)
+  target = checkpoint.abstract_train_state(specs.train_spec(config), mesh)
+  state = _random_state(target)
   nbytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
-  target = checkpoint.abstract_train_state(config, mesh)
   times = {"orbax save": [], "write manifest": [], "verify": [], "orbax restore": []}
   with tempfile.TemporaryDirectory() as tmp:
     for step in range(1, args.repeats + 1):

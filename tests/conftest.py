@@ -8,6 +8,7 @@ from xdist.scheduler import LoadFileScheduling
 
 import data_pipeline  # noqa: F401  (sets TensorFlow's environment before a test imports it)
 import tiny_runs
+from ttsr_jax import specs
 from ttsr_jax import train
 
 # Compiled programs are reused across test processes and runs; CI starts cold but still gains
@@ -58,5 +59,5 @@ def uninterrupted(tiny_config_file, tmp_path_factory):
   """(workdir, config, returned metrics) of the tiny run from start to end."""
   config = tiny_runs.load_config(tiny_config_file)
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  metrics = train.train_and_evaluate(config, workdir)
+  metrics = train.train_and_evaluate(specs.run_spec(config), workdir)
   return workdir, config, metrics

@@ -66,6 +66,7 @@ def test_models_and_ops_import_only_models_and_ops(module):
 
 @pytest.mark.parametrize("module", sorted(set(MODULES) - COMMANDS))
 def test_libraries_import_neither_commands_nor_configs(module):
+  # Nor ml_collections: a library takes specs or plain values, never the ConfigDict.
   wrong = [name for name in IMPORTS[module]
-           if _within(name, "configs") or any(_within(name, c) for c in COMMANDS)]
+           if any(_within(name, p) for p in ("configs", "ml_collections", *COMMANDS))]
   assert not wrong

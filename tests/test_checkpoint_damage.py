@@ -30,6 +30,7 @@ from ttsr_jax import checkpoint
 from ttsr_jax import eval_checkpoint
 from ttsr_jax import report
 from ttsr_jax import sharding
+from ttsr_jax import specs
 from ttsr_jax import train
 
 # Above the tiny run's TensorBoard events and captured logs, below its state's largest data files
@@ -45,8 +46,8 @@ def absl_warnings(caplog):
 
 
 @pytest.fixture(scope="module")
-def config():
-  return all_losses(train_crop_size=8, batch_size=2)
+def run():
+  return specs.run_spec(all_losses(train_crop_size=8, batch_size=2))
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def mesh():
   return sharding.make_mesh(jax.devices()[:1])
 
 
-def _random_state(config, mesh, seed: int):
-  """A TrainState of `config` with random entries (host arrays)."""
+def _random_state(run, mesh, seed: int):
+  """A TrainState of `run` with random entries (host arrays)."""
   rng = np.random.default_rng(seed)
 
   def draw(leaf):
@@ -63,18 +64,19 @@ def _random_state(config, mesh, seed: int):
       return rng.random(leaf.shape, dtype=leaf.dtype)
     return rng.integers(0, 1000, leaf.shape).astype(leaf.dtype)
 
-  return jax.tree_util.tree_map(draw, checkpoint.abstract_train_state(config, mesh))
+  return jax.tree_util.tree_map(draw, checkpoint.abstract_train_state(run.train, mesh))
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory, config, mesh) -> tuple[pathlib.Path, dict]:
+def written(tmp_path_factory, run, mesh) -> tuple[pathlib.Path, dict]:
   """(checkpoints directory, {step: state}) of random states at steps 1 and 2 (evaluated); tests
   copy it."""
   directory = tmp_path_factory.mktemp("written") / "checkpoints"
-  states = {step: _random_state(config, mesh, step) for step in (1, 2)}
+  states = {step: _random_state(run, mesh, step) for step in (1, 2)}
   with checkpoint.manager(directory, keep=2) as mngr:
     for step, state in states.items():
-      checkpoint.save(mngr, step, state, config, metrics={checkpoint.BEST_METRIC: 20.0 + step})
+      checkpoint.save(mngr, step, state, run.config(),
+                      metrics={checkpoint.BEST_METRIC: 20.0 + step})
   return directory, states
 
 
@@ -155,11 +157,11 @@ def test_manifest_catches_truncation_a_flipped_byte_and_a_missing_file(tmp_path,
 
 @pytest.mark.parametrize("damage", [_truncate, _flip_byte])
 def test_training_restores_the_latest_intact_step_and_moves_the_damaged_aside(
-    damage, written, tmp_path, config, mesh, caplog):
+    damage, written, tmp_path, run, mesh, caplog):
   directory, states = _copy(written, tmp_path)
   damage(_largest_data_file(directory / "2"))
   with checkpoint.manager(directory, keep=2) as mngr:
-    state, _ = checkpoint.restore_latest_intact(mngr, config, mesh)
+    state, _ = checkpoint.restore_latest_intact(mngr, run.train, mesh)
     assert mngr.all_steps() == [1]
   assert_identical(jax.device_get(state), states[1])
   [warning] = _damage_warnings(caplog)
@@ -175,13 +177,13 @@ def test_a_step_damaged_again_is_moved_aside_under_another_name(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["7.damaged", "7.damaged-2", "7.damaged-3"]
 
 
-def test_a_checkpoint_without_manifest_that_does_not_restore_is_damaged(written, tmp_path, config,
+def test_a_checkpoint_without_manifest_that_does_not_restore_is_damaged(written, tmp_path, run,
                                                                         mesh, caplog):
   directory, states = _copy(written, tmp_path)
   (directory / "2" / checkpoint.MANIFEST).unlink()  # as written before manifests existed
   _truncate(_largest_data_file(directory / "2"))
   with checkpoint.manager(directory, keep=2) as mngr:
-    state, _ = checkpoint.restore_latest_intact(mngr, config, mesh)
+    state, _ = checkpoint.restore_latest_intact(mngr, run.train, mesh)
   assert_identical(jax.device_get(state), states[1])
   [warning] = _damage_warnings(caplog)
   assert "damaged checkpoint of step 2: state: cannot be restored (OUT_OF_RANGE" in warning
@@ -202,13 +204,13 @@ def test_unreadable_metrics_are_damage_before_any_restore(written, tmp_path, cap
   assert f"moved it aside to {directory / '2.damaged'}" in warning
 
 
-def test_no_intact_checkpoint_left_stops_with_one_line(written, tmp_path, config, mesh):
+def test_no_intact_checkpoint_left_stops_with_one_line(written, tmp_path, run, mesh):
   directory, _ = _copy(written, tmp_path)
   for step in (1, 2):
     _flip_byte(_largest_data_file(directory / str(step)))
   with checkpoint.manager(directory, keep=2) as mngr:
     with pytest.raises(checkpoint.CheckpointError) as error:
-      checkpoint.restore_latest_intact(mngr, config, mesh)
+      checkpoint.restore_latest_intact(mngr, run.train, mesh)
   message = str(error.value)
   assert message.count("\n") == 0
   assert "no intact checkpoint left (steps 2, 1 were damaged" in message
@@ -216,15 +218,15 @@ def test_no_intact_checkpoint_left_stops_with_one_line(written, tmp_path, config
   assert {p.name for p in directory.iterdir()} >= {"1.damaged", "2.damaged"}
 
 
-def test_intact_files_that_do_not_restore_are_not_damage(tmp_path, config, mesh, caplog):
+def test_intact_files_that_do_not_restore_are_not_damage(tmp_path, run, mesh, caplog):
   # Files that match their manifest are the ones written: a restore that fails on them means
   # other code (here: another state structure), so the checkpoint is reported and kept.
   directory = tmp_path / "checkpoints"
   with checkpoint.manager(directory) as mngr:
-    checkpoint.save(mngr, 1, {"other": np.zeros(3, np.float32)}, config)
+    checkpoint.save(mngr, 1, {"other": np.zeros(3, np.float32)}, run.config())
   with checkpoint.manager(directory) as mngr:
     with pytest.raises(checkpoint.CheckpointError) as error:
-      checkpoint.restore_latest_intact(mngr, config, mesh)
+      checkpoint.restore_latest_intact(mngr, run.train, mesh)
   assert not isinstance(error.value, checkpoint.DamagedCheckpointError)
   assert "cannot restore state, although its files match their manifest" in str(error.value)
   assert (directory / "1").is_dir() and not _damage_warnings(caplog)
@@ -232,12 +234,12 @@ def test_intact_files_that_do_not_restore_are_not_damage(tmp_path, config, mesh,
 
 # --- the save side -------------------------------------------------------------------------------
 
-def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(written, tmp_path, config,
+def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(written, tmp_path, run,
                                                                     mesh):
   directory, states = _copy(written, tmp_path)
   with checkpoint.manager(directory, keep=1) as mngr:
     with _file_size_limit(FILE_SIZE_LIMIT), pytest.raises(checkpoint.CheckpointError) as error:
-      checkpoint.save(mngr, 3, states[1], config)
+      checkpoint.save(mngr, 3, states[1], run.config())
     assert mngr.all_steps() == [1, 2]  # a commit would have removed step 1 (keep=1)
   message = str(error.value)
   assert message.count("\n") == 0
@@ -246,10 +248,10 @@ def test_failing_save_is_one_line_and_keeps_the_earlier_checkpoints(written, tmp
   for step in (1, 2):
     checkpoint.verify(directory / str(step))
   with checkpoint.manager(directory, read_only=True) as mngr:
-    assert_identical(jax.device_get(checkpoint.restore(mngr, 2, config, mesh)[0]), states[2])
+    assert_identical(jax.device_get(checkpoint.restore(mngr, 2, run.train, mesh)[0]), states[2])
   # With room again, the same step saves (Orbax replaces the failed save's temporary directory).
   with checkpoint.manager(directory, keep=1) as mngr:
-    checkpoint.save(mngr, 3, states[1], config)
+    checkpoint.save(mngr, 3, states[1], run.config())
     assert mngr.all_steps() == [2, 3]  # step 1 removed; 2 kept as the best
   checkpoint.verify(directory / "3")
 
@@ -274,7 +276,7 @@ def test_truncated_latest_checkpoint_resumes_from_the_previous_and_matches(unint
       checkpoint.verify(step_dir)  # what training wrote, retention included, checks out
   workdir = _damaged_copy(uninterrupted, tmp_path / "run")
   caplog.set_level(logging.INFO, logger="absl")
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(specs.run_spec(config), workdir)
   [warning] = _damage_warnings(caplog)
   assert f"damaged checkpoint of step {TOTAL_STEPS}: state/" in warning
   assert (workdir / "checkpoints" / f"{TOTAL_STEPS}.damaged").is_dir()

@@ -35,8 +35,8 @@ def test_every_experiment_is_checked():
 def test_config_builds_a_train_step(path):
   config = load_config(path)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = checkpoint.abstract_train_state(config, mesh)
   spec = specs.train_spec(config)
+  state = checkpoint.abstract_train_state(spec, mesh)
   vgg = jax.eval_shape(lambda key: step.init_vgg_params(spec.model, key), jax.random.PRNGKey(0))
   patch, low = 4 * config.train_crop_size, config.train_crop_size
   batch = {key: jax.ShapeDtypeStruct((config.batch_size, patch, patch, 3), jnp.float32)
@@ -62,7 +62,8 @@ def test_experiment_settings_and_pretrained_vgg_requirement(name, tmp_path, monk
   assert (config.model.n_feats, tuple(config.model.num_res_blocks)) == (64, (16, 16, 8, 4))
   assert config.model.vgg19_weights == str(tmp_path / "ttsr_jax" / "vgg19.npz")
   with pytest.raises(train.TrainError, match=r"python -m ttsr_jax\.tools\.vgg19"):
-    train.load_vgg_params(config)
+    train.load_vgg_params(config.model.vgg19_weights, specs.model_spec(config.model),
+                          config.seed)
 
 
 def test_demo_uses_a_random_vgg_and_the_demo_dataset():

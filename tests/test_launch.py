@@ -13,6 +13,7 @@ import pytest
 
 from parity import REORDERED_STEP_ATOL, REORDERED_STEP_RTOL
 from tiny_runs import ROOT, load_config, restore_state, subprocess_env, write_tiny_run
+from ttsr_jax import specs
 from ttsr_jax import train
 
 TRAIN_PAIRS = 8
@@ -96,7 +97,7 @@ def test_two_processes_match_one_process(launch_config_file, tmp_path):
     # The same run on this process's one device, while the two processes work.
     config = load_config(launch_config_file)
     config.update_from_flattened_dict(overrides)
-    train.train_and_evaluate(config, single)
+    train.train_and_evaluate(specs.run_spec(config), single)
     # They share the machine with this process and the other test worker: a wide margin.
     logs = [p.communicate(timeout=900)[0] for p in processes]
   finally:

@@ -24,6 +24,7 @@ from ttsr_jax import plots
 from ttsr_jax import predict
 from ttsr_jax import report
 from ttsr_jax import runs as runs_lib
+from ttsr_jax import specs
 from ttsr_jax import train
 
 NUM_SAMPLES = 2  # the tiny dataset's CUFED5 has two images
@@ -46,11 +47,11 @@ def runs(uninterrupted,
   runs = {"all_losses": (directory / "all_losses", config),
           "rec_only": (directory / "rec_only", rec)}
   shutil.copytree(trained, runs["all_losses"][0])  # the copy gets the eval-mode evaluation
-  train.evaluate(config, runs["all_losses"][0], "best")
+  train.evaluate(specs.run_spec(config), runs["all_losses"][0], "best")
   first_launch = rec.copy_and_resolve_references()
   first_launch.num_epochs = 0  # the warm-up epoch only
-  train.train_and_evaluate(first_launch, runs["rec_only"][0])
-  train.train_and_evaluate(rec, runs["rec_only"][0])
+  train.train_and_evaluate(specs.run_spec(first_launch), runs["rec_only"][0])
+  train.train_and_evaluate(specs.run_spec(rec), runs["rec_only"][0])
   return runs
 
 

@@ -1,7 +1,8 @@
 """Specs: every config check fails with one line naming the key, and the specs carry the config's
-values to the model and the step."""
+values to the model, the step, the evaluation and the training run."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -22,6 +23,14 @@ from ttsr_jax.models.ttsr import TTSR
     ("train_crop_size", 0, r"config.train_crop_size 0: expected an integer >= 1"),
     ("microbatches", 0, r"config.microbatches 0: expected an integer >= 1"),
     ("microbatches", 2, r"config.batch_size 9 is not divisible by config.microbatches 2"),
+    ("batch_size", 0, r"config.batch_size 0: expected an integer >= 1"),
+    ("num_init_epochs", -1, r"config.num_init_epochs -1: expected an integer >= 0"),
+    ("num_epochs", -1, r"config.num_epochs -1: expected an integer >= 0"),
+    ("eval_every", -1, r"config.eval_every -1: expected an integer >= 0"),
+    ("checkpoint_every", 0, r"config.checkpoint_every 0: expected an integer >= 1"),
+    ("keep_checkpoints", 0, r"config.keep_checkpoints 0: expected an integer >= 1"),
+    ("log_every", 0, r"config.log_every 0: expected an integer >= 1"),
+    ("profile_steps", -1, r"config.profile_steps -1: expected an integer >= 0"),
     ("eval.sets", "cufed5,sun90", r"config.eval.sets 'cufed5,sun90': expected distinct"),
     ("eval.levels", (6,), r"config.eval.levels: level 6 is not in 1..5"),
     ("eval.levels", (), r"config.eval: no protocol to evaluate; set levels or multi_reference"),
@@ -39,7 +48,7 @@ def test_each_bad_value_is_one_line_naming_its_key(key, value, message):
   for parent in parents:
     node = node[parent]
   node[field] = value
-  for make_spec in (specs.train_spec, specs.eval_spec):  # each runs every check
+  for make_spec in (specs.train_spec, specs.eval_spec, specs.run_spec):  # each runs every check
     with pytest.raises(specs.SpecError, match=message) as error:
       make_spec(config)
     assert "\n" not in str(error.value)
@@ -69,3 +78,23 @@ def test_eval_spec_carries_the_config_and_records_it_as_written():
   assert (spec.sets, spec.levels, spec.cufed_dir) == (("sun80", "cufed5"), (1, 3), "data/custom")
   # Evaluation records (eval_<step>.json) keep the `config.eval` values as before the spec.
   assert spec.settings() == {**config.eval.to_dict(), "sets": "sun80,cufed5"}
+
+
+def test_run_spec_carries_the_schedule_the_files_and_the_whole_config():
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=4)
+  config.update(num_epochs=5, eval_every=0, checkpoint_every=2, keep_checkpoints=1, log_every=7,
+                profile_steps=3)
+  config.data.update(cufed_dir="data/custom", data_dir="data/tfds")
+  config.model.vgg19_weights = "vgg19.npz"
+  run = specs.run_spec(config)
+  assert (run.train, run.evaluation) == (specs.train_spec(config), specs.eval_spec(config))
+  assert (run.batch_size, run.num_epochs, run.eval_every, run.checkpoint_every,
+          run.keep_checkpoints, run.log_every, run.profile_steps) == (4, 5, 0, 2, 1, 7, 3)
+  assert (run.cufed_dir, run.data_dir, run.vgg19_weights) == ("data/custom", "data/tfds",
+                                                              "vgg19.npz")
+  # As a checkpoint stores it (JSON: sequences as lists), and a copy the caller may change.
+  assert run.config() == json.loads(json.dumps(config.to_dict()))
+  run.config()["model"]["n_feats"] = 64
+  assert run.config()["model"]["n_feats"] == 8
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    run.num_epochs = 6  # type: ignore[misc]

@@ -23,6 +23,7 @@ import tensorflow as tf
 from tiny_runs import ROOT, STEPS_PER_EPOCH, TOTAL_STEPS, assert_identical, restore_state
 from tiny_runs import subprocess_env
 from ttsr_jax import checkpoint
+from ttsr_jax import specs
 from ttsr_jax import train
 
 
@@ -62,15 +63,16 @@ def test_run_writes_checkpoints_events_and_images(uninterrupted):
 @pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
 def test_eval_mode_reproduces_the_last_evaluation(uninterrupted):
   workdir, config, metrics = uninterrupted
-  assert train.evaluate(config, workdir) == metrics
+  run = specs.run_spec(config)
+  assert train.evaluate(run, workdir) == metrics
   written = json.loads((workdir / f"eval_{TOTAL_STEPS}.json").read_text())
   assert written["level1/psnr"] == metrics["level1/psnr"]
   # The best checkpoint by PSNR, and a step directory given as a path.
   evals = [json.loads(line) for line in (workdir / "evals.jsonl").read_text().splitlines()]
   best = max(evals, key=lambda e: e["level1/psnr"])
-  assert train.evaluate(config, workdir, "best")["level1/psnr"] == best["level1/psnr"]
+  assert train.evaluate(run, workdir, "best")["level1/psnr"] == best["level1/psnr"]
   step_dir = workdir / "checkpoints" / str(evals[0]["step"])
-  assert train.evaluate(config, workdir, str(step_dir))["level1/psnr"] == evals[0]["level1/psnr"]
+  assert train.evaluate(run, workdir, str(step_dir))["level1/psnr"] == evals[0]["level1/psnr"]
 
 
 def _launch(config_file: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path,
@@ -150,7 +152,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted,
   config = config.copy_and_resolve_references()
   config.num_epochs = 3
   with pytest.raises(train.NonFiniteLossError, match=r"step \d+: non-finite training metrics"):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(specs.run_spec(config), workdir)
   with checkpoint.manager(workdir / "checkpoints", read_only=True) as mngr:
     assert mngr.latest_step() == TOTAL_STEPS
   assert_identical(restore_state(workdir, config), restore_state(ref_workdir, config))
@@ -163,7 +165,7 @@ def test_checkpoint_of_another_model_is_refused(uninterrupted):
   config.model.n_feats = 16
   config.model.num_res_blocks = (2, 1, 1, 1)
   with pytest.raises(checkpoint.CheckpointError) as error:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(specs.run_spec(config), workdir)
   message = str(error.value)
   assert "model.n_feats: checkpoint 8, this config 16" in message
   assert "model.num_res_blocks: checkpoint [1, 1, 1, 1], this config [2, 1, 1, 1]" in message

@@ -12,6 +12,7 @@ from data_pipeline import cufed
 from data_pipeline import make_demo
 from ttsr_jax import checkpoint
 from ttsr_jax import sharding
+from ttsr_jax import specs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_PAIRS = 16
@@ -74,7 +75,8 @@ def restore_state(workdir: pathlib.Path, config, step: int | None = None):
   """A checkpoint's TrainState as NumPy arrays (the latest step by default)."""
   with checkpoint.manager(workdir / checkpoint.CHECKPOINT_DIR, read_only=True) as mngr:
     step = mngr.latest_step() if step is None else step
-    state, _ = checkpoint.restore(mngr, step, config, sharding.make_mesh(jax.devices()[:1]))
+    state, _ = checkpoint.restore(mngr, step, specs.train_spec(config),
+                                  sharding.make_mesh(jax.devices()[:1]))
   return jax.device_get(state)
 
 

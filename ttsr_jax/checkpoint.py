@@ -5,7 +5,7 @@ This module is the one owner of the layout:
 
   WORKDIR/checkpoints/<step>/state    ocp.args.StandardSave(step.TrainState): G and D parameters,
                                       both optimiser states, the step and the PRNG key
-  WORKDIR/checkpoints/<step>/config   ocp.args.JsonSave(config.to_dict()): the whole experiment
+  WORKDIR/checkpoints/<step>/config   ocp.args.JsonSave(RunSpec.config()): the whole experiment
                                       config; its "model" entry is what inference needs
   WORKDIR/checkpoints/<step>/metrics  the evaluation of that step, when it was evaluated (Orbax's
                                       own item); its "psnr" ranks the checkpoints
@@ -38,7 +38,6 @@ from typing import Any, Optional, Union
 from absl import logging
 from flax import traverse_util
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -313,9 +312,9 @@ def manager(directory: PathLike, keep: int = 1, read_only: bool = False) -> ocp.
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: step_lib.TrainState,
-         config: ml_collections.ConfigDict, metrics: Optional[dict[str, float]] = None) -> None:
-  """Saves the state and config of `step`, and its evaluation `metrics` if it was evaluated, then
-  the step's manifest.
+         config: dict[str, Any], metrics: Optional[dict[str, float]] = None) -> None:
+  """Saves the state and the whole experiment `config` (`RunSpec.config()`) of `step`, and its
+  evaluation `metrics` if it was evaluated, then the step's manifest.
 
   Raises:
     CheckpointError: the save failed (a full disk, no permission). Orbax writes into a temporary
@@ -325,7 +324,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: step_lib.TrainState,
   step_dir = pathlib.Path(mngr.directory) / str(step)
   try:
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            config=ocp.args.JsonSave(config.to_dict())),
+                                            config=ocp.args.JsonSave(config)),
               metrics=metrics, force=True)
     # After the save returns, every process's files are committed (Orbax's barrier).
     if jax.process_index() == 0:
@@ -338,14 +337,12 @@ def save(mngr: ocp.CheckpointManager, step: int, state: step_lib.TrainState,
         f"{mngr.directory}, then relaunch to resume from the latest") from None
 
 
-def abstract_train_state(config: ml_collections.ConfigDict,
-                         mesh: jax.sharding.Mesh) -> step_lib.TrainState:
-  """Shapes, dtypes and shardings (replicated over `mesh`) of a TrainState for `config`.
+def abstract_train_state(spec: specs.TrainSpec, mesh: jax.sharding.Mesh) -> step_lib.TrainState:
+  """Shapes, dtypes and shardings (replicated over `mesh`) of a TrainState for `spec`.
 
   Restoring onto this target places the state on whatever devices `mesh` has, whatever layout
   wrote it, and brings optimiser states back as optax's types rather than plain dicts.
   """
-  spec = specs.train_spec(config)
   vgg = jax.eval_shape(lambda key: step_lib.init_vgg_params(spec.model, key),
                        jax.random.PRNGKey(0))
   # The schedule (steps per epoch) does not change the state's structure.
@@ -371,9 +368,9 @@ def stored_config(directory: PathLike, step: int) -> dict[str, Any]:
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Union[bool, int, float, str]]:
-  """A config (`ConfigDict.to_dict()`, or `stored_config`) with dotted keys and the scalar types
-  TensorBoard's hparams accept: anything else as its str(), sequences as tuples, so that a stored
-  (JSON) config reads like the live one."""
+  """A config (`RunSpec.config()`, or `stored_config`) with dotted keys and the scalar types
+  TensorBoard's hparams accept: anything else as its str(), sequences as tuples, as configs/ write
+  them."""
   flat = traverse_util.flatten_dict(config, sep=".")
   return {key: value if isinstance(value, (bool, int, float, str))
           else str(tuple(value) if isinstance(value, list) else value)
@@ -386,36 +383,36 @@ def _lookup(tree: dict[str, Any], field: str) -> Any:
   return list(tree) if isinstance(tree, (list, tuple)) else tree
 
 
-def model_differences(stored: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """'field: checkpoint X, this config Y' for each of MODEL_FIELDS that differs."""
-  current = config.to_dict()
+def model_differences(stored: dict[str, Any], spec: specs.TrainSpec) -> list[str]:
+  """'field: checkpoint X, this config Y' for each of MODEL_FIELDS that differs between a stored
+  config and `spec`."""
+  current = {"model": spec.model.architecture(), "train_crop_size": spec.train_crop_size}
   return [f"{field}: checkpoint {_lookup(stored, field)}, this config {_lookup(current, field)}"
           for field in MODEL_FIELDS if _lookup(stored, field) != _lookup(current, field)]
 
 
-def _check_model(where: pathlib.Path, stored: dict[str, Any],
-                 config: ml_collections.ConfigDict) -> None:
-  differences = model_differences(stored, config)
+def _check_model(where: pathlib.Path, stored: dict[str, Any], spec: specs.TrainSpec) -> None:
+  differences = model_differences(stored, spec)
   if differences:
     raise CheckpointError(
         f"{where}: written by a run with another model config ({'; '.join(differences)}); "
         "use another --workdir, or set these fields as the checkpoint has them")
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, config: ml_collections.ConfigDict,
+def restore(mngr: ocp.CheckpointManager, step: int, spec: specs.TrainSpec,
             mesh: jax.sharding.Mesh) -> tuple[step_lib.TrainState, Optional[dict[str, float]]]:
   """The TrainState of `step`, replicated over `mesh`, and that step's evaluation metrics.
 
   Raises:
     DamagedCheckpointError: the step's files differ from its manifest, or it has none and does
       not restore.
-    CheckpointError: the checkpoint was written with another model config (named fields), or its
-      intact files do not restore (other code).
+    CheckpointError: the checkpoint was written with another model config than `spec`'s (named
+      fields), or its intact files do not restore (other code).
   """
   where = pathlib.Path(mngr.directory) / str(step)
   verify(where)
-  _check_model(where, _restore_config(mngr, step), config)
-  target = abstract_train_state(config, mesh)
+  _check_model(where, _restore_config(mngr, step), spec)
+  target = abstract_train_state(spec, mesh)
   state = _restore_item(mngr, step, "state", ocp.args.StandardRestore(target))
   return state, mngr.metrics(step)
 
@@ -435,14 +432,14 @@ def _check_shapes(where: pathlib.Path, params: Params, target: Params,
 
 
 def read_generator_params(directory: PathLike, step: int, target: Params,
-                          config: Optional[ml_collections.ConfigDict] = None) -> Params:
+                          spec: Optional[specs.TrainSpec] = None) -> Params:
   """Only the generator's parameters (`state`'s g_params) of checkpoint `step` under `directory`,
   as NumPy arrays: a partial restore that reads neither the discriminator nor the optimisers.
 
   Args:
     directory, step: as `locate` gives them.
     target: the parameters' shapes and dtypes (`generators.abstract_params`).
-    config: when given, the checkpoint must have been written with its model (MODEL_FIELDS).
+    spec: when given, the checkpoint must have been written with its model (MODEL_FIELDS).
 
   Raises:
     DamagedCheckpointError: the state's or config's files are damaged (naming the newest intact
@@ -453,8 +450,8 @@ def read_generator_params(directory: PathLike, step: int, target: Params,
   with _naming_newest_intact(), manager(directory, read_only=True) as mngr:
     verify(where, ("state", "config"))
     stored = _restore_config(mngr, step)
-    if config is not None:
-      _check_model(where, stored, config)
+    if spec is not None:
+      _check_model(where, stored, spec)
     restored = _restore_item(mngr, step, "state", ocp.args.PyTreeRestore(
         item={"g_params": target},
         restore_args=ocp.checkpoint_utils.construct_restore_args({"g_params": target}),
@@ -464,7 +461,7 @@ def read_generator_params(directory: PathLike, step: int, target: Params,
 
 
 def restore_latest_intact(
-    mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+    mngr: ocp.CheckpointManager, spec: specs.TrainSpec, mesh: jax.sharding.Mesh
 ) -> Optional[tuple[step_lib.TrainState, Optional[dict[str, float]]]]:
   """`restore` of the latest checkpoint that is not damaged; None when there is none at all.
 
@@ -477,7 +474,7 @@ def restore_latest_intact(
   damaged = []
   while (step := mngr.latest_step()) is not None:
     try:
-      return restore(mngr, step, config, mesh)
+      return restore(mngr, step, spec, mesh)
     except DamagedCheckpointError as e:
       damaged.append(step)
       _set_aside(e)

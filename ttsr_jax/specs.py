@@ -1,14 +1,15 @@
 """Frozen, typed views of an experiment's config, made and checked once at an entry point.
 
 The `ml_collections.ConfigDict` is what a person edits (configs/*.py, `--config.x=...` flags).
-The commands turn it into these specs with `model_spec`, `train_spec` and `eval_spec`; the last
-two first run every check (`check`), so a bad value fails with one line naming its key before
-anything compiles. The libraries below take specs or plain values; the training run
-(`train.train_and_evaluate`) still reads its schedule from the ConfigDict and stores it whole
-with each checkpoint.
+The commands turn it into these specs with `model_spec`, `train_spec`, `eval_spec` and `run_spec`
+(a training run: its schedule, files, train and eval specs, and the whole config as JSON for its
+checkpoints); all but the first run every check (`check`), so a bad value fails with one line
+naming its key before anything compiles. The libraries below take specs or plain values, never
+the ConfigDict.
 """
 
 import dataclasses
+import json
 from typing import Any, Mapping, Optional
 
 from data_pipeline import testsets
@@ -134,6 +135,33 @@ class EvalSpec:
     return {**values, "sets": ",".join(self.sets)}
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """A training run (`train.train_and_evaluate`): what one iteration needs (`train`), the
+  evaluation, the schedule and bookkeeping, the files it reads, and the whole config it stores
+  with each checkpoint."""
+
+  train: TrainSpec
+  evaluation: EvalSpec
+  batch_size: int  # global, over all devices
+  num_epochs: int  # main epochs, after `train.num_init_epochs` warm-up epochs
+  eval_every: int  # main epochs between evaluations (also after the last); 0 = never
+  checkpoint_every: int  # epochs between checkpoints (also after evaluations and the last)
+  keep_checkpoints: int  # latest checkpoints kept, besides the best by PSNR
+  log_every: int  # steps averaged per logged value
+  profile_steps: int  # steps traced by jax.profiler; 0 = off
+  cufed_dir: str  # the CUFED root: train/input, train/ref (and test/CUFED5)
+  data_dir: Optional[str]  # the prepared TFDS dataset; None = CUFED_DIR/tfds
+  vgg19_weights: Optional[str]  # converted VGG19 .npz; None = random (demo and tests only)
+  # A JSON string rather than a dict, so that the spec cannot change after it is made.
+  config_json: str
+
+  def config(self) -> dict[str, Any]:
+    """The whole experiment config (`ConfigDict.to_dict()`) as the checkpoints store it: plain
+    nested JSON values, a fresh copy on each call."""
+    return json.loads(self.config_json)
+
+
 TPL_TYPES = ("l1", "l2")
 TEST_SETS = ("cufed5", "sun80", "urban100", "manga109", "wrsr")
 
@@ -204,6 +232,12 @@ def check(config: Any) -> None:
                             ("microbatches", config.microbatches, 1),
                             ("batch_size", config.batch_size, 1),
                             ("num_init_epochs", config.num_init_epochs, 0),
+                            ("num_epochs", config.num_epochs, 0),
+                            ("eval_every", config.eval_every, 0),
+                            ("checkpoint_every", config.checkpoint_every, 1),
+                            ("keep_checkpoints", config.keep_checkpoints, 1),
+                            ("log_every", config.log_every, 1),
+                            ("profile_steps", config.profile_steps, 0),
                             *((f"eval.{key}", config.eval[key], 0)
                               for key in ("num_images", "num_image_grids", "search_chunk_size"))):
     if value < least:
@@ -225,6 +259,18 @@ def model_spec(model_config: Mapping[str, Any]) -> ModelSpec:
   return ModelSpec(**_fields(ModelSpec, model_config))
 
 
+def _train_spec(config: Any) -> TrainSpec:
+  return TrainSpec(model=model_spec(config.model), loss=LossSpec(**_fields(LossSpec, config.loss)),
+                   optim=OptimSpec(**_fields(OptimSpec, config.optim)),
+                   train_crop_size=config.train_crop_size, microbatches=config.microbatches,
+                   num_init_epochs=config.num_init_epochs, seed=config.seed)
+
+
+def _eval_spec(config: Any) -> EvalSpec:
+  values = _fields(EvalSpec, {**config.eval, "cufed_dir": config.data.cufed_dir})
+  return EvalSpec(**{**values, "sets": parse_sets(config.eval.sets)})
+
+
 def train_spec(config: Any) -> TrainSpec:
   """The checked `TrainSpec` of an experiment config.
 
@@ -232,10 +278,7 @@ def train_spec(config: Any) -> TrainSpec:
     SpecError: a bad value (`check`).
   """
   check(config)
-  return TrainSpec(model=model_spec(config.model), loss=LossSpec(**_fields(LossSpec, config.loss)),
-                   optim=OptimSpec(**_fields(OptimSpec, config.optim)),
-                   train_crop_size=config.train_crop_size, microbatches=config.microbatches,
-                   num_init_epochs=config.num_init_epochs, seed=config.seed)
+  return _train_spec(config)
 
 
 def eval_spec(config: Any) -> EvalSpec:
@@ -245,5 +288,20 @@ def eval_spec(config: Any) -> EvalSpec:
     SpecError: a bad value (`check`).
   """
   check(config)
-  values = _fields(EvalSpec, {**config.eval, "cufed_dir": config.data.cufed_dir})
-  return EvalSpec(**{**values, "sets": parse_sets(config.eval.sets)})
+  return _eval_spec(config)
+
+
+def run_spec(config: Any) -> RunSpec:
+  """The checked `RunSpec` of an experiment config.
+
+  Raises:
+    SpecError: a bad value (`check`).
+  """
+  check(config)
+  return RunSpec(train=_train_spec(config), evaluation=_eval_spec(config),
+                 batch_size=config.batch_size, num_epochs=config.num_epochs,
+                 eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+                 keep_checkpoints=config.keep_checkpoints, log_every=config.log_every,
+                 profile_steps=config.profile_steps, cufed_dir=config.data.cufed_dir,
+                 data_dir=config.data.data_dir, vgg19_weights=config.model.vgg19_weights,
+                 config_json=json.dumps(config.to_dict()))

@@ -1,14 +1,14 @@
 """Training and evaluation runs (reference `main.py` and `Trainer`): the epoch loop, checkpoints,
 metrics.
 
-`train_and_evaluate(config, workdir)` trains as the reference does: `num_init_epochs` warm-up
-epochs with the reconstruction loss only, then `num_epochs` main epochs, evaluating on CUFED5
-every `eval_every` main epochs and after the last. It resumes from the latest intact checkpoint
-of WORKDIR/checkpoints by itself, moving damaged ones aside (`checkpoint.restore_latest_intact`).
-The input pipeline's batches are a function of (seed, epoch, batch index), so a run
-resumed at step k continues exactly as the uninterrupted run would.
+`train_and_evaluate(run, workdir)` trains a `specs.RunSpec` as the reference does:
+`num_init_epochs` warm-up epochs with the reconstruction loss only, then `num_epochs` main epochs,
+evaluating on CUFED5 every `eval_every` main epochs and after the last. It resumes from the latest
+intact checkpoint of WORKDIR/checkpoints by itself, moving damaged ones aside
+(`checkpoint.restore_latest_intact`). The input pipeline's batches are a function of (seed, epoch,
+batch index), so a run resumed at step k continues exactly as the uninterrupted run would.
 
-`evaluate(config, workdir, checkpoint)` reads a checkpoint's generator and evaluates it as
+`evaluate(run, workdir, checkpoint)` reads a checkpoint's generator and evaluates it as
 training does.
 
 Workdir layout:
@@ -32,7 +32,6 @@ from typing import Any, Optional, Union
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 
 # data_pipeline before clu: clu imports TensorFlow, which reads the settings that importing
@@ -65,21 +64,20 @@ class NonFiniteLossError(TrainError):
   """A loss (or another training metric) became NaN or infinite."""
 
 
-def load_vgg_params(config: ml_collections.ConfigDict) -> Params:
+def load_vgg_params(path: Optional[str], model: specs.ModelSpec, seed: int) -> Params:
   """VGG19 parameters (host arrays) for the LTE's initialisation and the perceptual loss.
 
-  From `config.model.vgg19_weights`, or random from the seed when it is None (the same on every
-  run of the config, so a resumed run recreates them).
+  From `path` (`config.model.vgg19_weights`), or random from `seed` when it is None (the same on
+  every run of the config, so a resumed run recreates them).
   """
-  path = config.model.vgg19_weights
   if path is None:
     logging.warning(
         "\n%s\nconfig.model.vgg19_weights is None: the LTE and the perceptual loss use a RANDOMLY "
         "INITIALISED VGG19\n(seed %d), not ImageNet weights. Fine for the demo and tests; the "
         "paper's experiments need\n`python -m ttsr_jax.tools.vgg19` (see docs/training.md).\n%s",
-        "=" * 100, config.seed, "=" * 100)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _VGG_SALT)
-    return jax.device_get(step_lib.init_vgg_params(specs.model_spec(config.model), key))
+        "=" * 100, seed, "=" * 100)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), _VGG_SALT)
+    return jax.device_get(step_lib.init_vgg_params(model, key))
   if not pathlib.Path(path).is_file():
     raise TrainError(
         f"config.model.vgg19_weights = {path}: file not found. This config trains with ImageNet "
@@ -98,11 +96,11 @@ def _replicate(tree: Params, mesh: jax.sharding.Mesh) -> Params:
       lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree)
 
 
-def load_train_shard(config: ml_collections.ConfigDict) -> train_batches.TrainShard:
-  """This process's part of the training set, preparing the dataset first if needed."""
-  cufed_dir = config.data.cufed_dir
-  data_dir = config.data.data_dir or cufed.default_data_dir(cufed_dir)
-  patch_size = 4 * config.train_crop_size
+def load_train_shard(cufed_dir: str, data_dir: Optional[str],
+                     patch_size: int) -> train_batches.TrainShard:
+  """This process's part of the training set of `patch_size` HR patches, preparing the dataset
+  (in `data_dir`, None = CUFED_DIR/tfds) first if needed."""
+  data_dir = data_dir or cufed.default_data_dir(cufed_dir)
   if not cufed.builder(data_dir, patch_size).is_prepared():
     if jax.process_index() == 0:
       logging.info("Preparing %s for %dx%d patches in %s", cufed_dir, patch_size, patch_size,
@@ -219,7 +217,7 @@ def _write_json_line(path: pathlib.Path, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> dict[str, float]:
+def train_and_evaluate(run: specs.RunSpec, workdir: PathLike) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
 
   Returns:
@@ -232,47 +230,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
       damaged ones moved aside), or a save that failed (the earlier checkpoints kept).
   """
   workdir = pathlib.Path(workdir)
+  spec = run.train
   mesh = sharding.make_mesh()
   try:
-    spec = specs.train_spec(config)
-    sharding.check_batch_size(config.batch_size, mesh.size, config.microbatches)
+    sharding.check_batch_size(run.batch_size, mesh.size, spec.microbatches)
   except ValueError as e:
     raise TrainError(str(e)) from None
-  evaluator = _make_evaluator(config)
-  vgg_params = _replicate(load_vgg_params(config), mesh)
-  if config.eval_every > 0:
+  evaluator = evaluate_lib.Evaluator(spec.model, run.evaluation)
+  vgg_params = _replicate(load_vgg_params(run.vgg19_weights, spec.model, spec.seed), mesh)
+  if run.eval_every > 0:
     evaluator.check_data()  # a missing test set stops the run now, not after an epoch
-  shard = load_train_shard(config)
-  steps_per_epoch = shard.steps_per_epoch(config.batch_size)
+  shard = load_train_shard(run.cufed_dir, run.data_dir, 4 * spec.train_crop_size)
+  steps_per_epoch = shard.steps_per_epoch(run.batch_size)
   if steps_per_epoch == 0:
     raise TrainError(f"{shard.num_examples} training examples give no batch of "
-                     f"{config.batch_size}; lower config.batch_size")
-  total_epochs = config.num_init_epochs + config.num_epochs
+                     f"{run.batch_size}; lower config.batch_size")
+  total_epochs = spec.num_init_epochs + run.num_epochs
   total_steps = total_epochs * steps_per_epoch
   logging.info("%d devices, global batch %d, %d steps per epoch, %d + %d epochs (%d steps)",
-               mesh.size, config.batch_size, steps_per_epoch, config.num_init_epochs,
-               config.num_epochs, total_steps)
+               mesh.size, run.batch_size, steps_per_epoch, spec.num_init_epochs,
+               run.num_epochs, total_steps)
 
   evaluate_lib.sync_processes("ttsr_setup")  # Orbax's first steps use device collectives
-  mngr = checkpoint.manager(workdir / checkpoint.CHECKPOINT_DIR, config.keep_checkpoints)
+  mngr = checkpoint.manager(workdir / checkpoint.CHECKPOINT_DIR, run.keep_checkpoints)
   writer = metric_writers.create_default_writer(workdir / "tensorboard",
                                                 just_logging=jax.process_index() > 0)
   preemption = _Preemption()
-  profiler = StepProfiler(workdir / "tensorboard", config.profile_steps)
+  profiler = StepProfiler(workdir / "tensorboard", run.profile_steps)
   try:
-    restored = checkpoint.restore_latest_intact(mngr, config, mesh)
+    restored = checkpoint.restore_latest_intact(mngr, spec, mesh)
     if restored is None:
       init = jax.jit(lambda vgg: step_lib.create_train_state(spec, vgg, steps_per_epoch),
                      out_shardings=sharding.replicated(mesh))
       state, last_eval = init(vgg_params), {}
-      writer.write_hparams(checkpoint.flat_config(config.to_dict()))
+      writer.write_hparams(checkpoint.flat_config(run.config()))
     else:
       state, last_eval = restored[0], restored[1] or {}
       logging.info("Resuming from %s",
                    workdir / checkpoint.CHECKPOINT_DIR / str(mngr.latest_step()))
     step = int(jax.device_get(state.step))
-    train_steps = _compile_train_steps(config, spec, steps_per_epoch, mesh, state, vgg_params,
-                                       first_step=step, total_steps=total_steps)
+    train_steps = _compile_train_steps(spec, run.batch_size, steps_per_epoch, mesh, state,
+                                       vgg_params, first_step=step, total_steps=total_steps)
     evaluate_lib.sync_processes(f"ttsr_compiled_{step}")
     interval = _IntervalMetrics(writer)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
@@ -280,12 +278,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
 
     def save(metrics: Optional[dict[str, float]] = None) -> None:
       interval.flush(step)  # never stores a state that followed a non-finite loss
-      checkpoint.save(mngr, step, state, config, metrics)
+      checkpoint.save(mngr, step, state, run.config(), metrics)
 
     for epoch in range(step // steps_per_epoch, total_epochs):
-      warmup = epoch < config.num_init_epochs
+      warmup = epoch < spec.num_init_epochs
       batches = train_batches.train_iterator(
-          shard, seed=config.seed, epoch=epoch, global_batch_size=config.batch_size,
+          shard, seed=spec.seed, epoch=epoch, global_batch_size=run.batch_size,
           batch_sharding=sharding.batch_sharding(mesh),
           start_batch=step - epoch * steps_per_epoch)
       for batch in batches:
@@ -303,19 +301,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
         profiler.after_step(metrics)
         interval.add(step, metrics)
         report(step)
-        if step % config.log_every == 0:
+        if step % run.log_every == 0:
           interval.flush(step)
       interval.flush(step)
-      main_epoch = epoch + 1 - config.num_init_epochs
+      main_epoch = epoch + 1 - spec.num_init_epochs
       last = epoch + 1 == total_epochs
-      evaluated = main_epoch > 0 and config.eval_every > 0 and (
-          main_epoch % config.eval_every == 0 or last)
+      evaluated = main_epoch > 0 and run.eval_every > 0 and (
+          main_epoch % run.eval_every == 0 or last)
       if evaluated:
         last_eval = _evaluate_and_write(evaluator, state.g_params, step, writer)
         if jax.process_index() == 0:
           _write_json_line(workdir / "evals.jsonl", {"step": step, "epoch": epoch + 1,
                                                      **last_eval})
-      if evaluated or (epoch + 1) % config.checkpoint_every == 0 or last:
+      if evaluated or (epoch + 1) % run.checkpoint_every == 0 or last:
         save({checkpoint.BEST_METRIC: last_eval[evaluator.primary_metric], **last_eval}
              if evaluated else None)
     logging.info("Finished at step %d; checkpoints in %s", step,
@@ -328,8 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: PathLike) -> 
     writer.close()
 
 
-def _compile_train_steps(config: ml_collections.ConfigDict, spec: specs.TrainSpec,
-                         steps_per_epoch: int,
+def _compile_train_steps(spec: specs.TrainSpec, batch_size: int, steps_per_epoch: int,
                          mesh: jax.sharding.Mesh, state: step_lib.TrainState, vgg_params: Params,
                          first_step: int, total_steps: int) -> dict[bool, Callable]:
   """The jitted warm-up (key True) and main (False) steps that the run still needs, compiled now.
@@ -337,26 +334,19 @@ def _compile_train_steps(config: ml_collections.ConfigDict, spec: specs.TrainSpe
   Compiling ahead lets the processes of a multi-host run meet after their (unequal) compile
   times, before the first step's collectives.
   """
-  patch = 4 * config.train_crop_size
-  shapes = {key: (config.batch_size, patch, patch, 3) for key in samples.IMAGE_KEYS}
-  shapes["lr"] = (config.batch_size, config.train_crop_size, config.train_crop_size, 3)
+  patch = 4 * spec.train_crop_size
+  shapes = {key: (batch_size, patch, patch, 3) for key in samples.IMAGE_KEYS}
+  shapes["lr"] = (batch_size, spec.train_crop_size, spec.train_crop_size, 3)
   data = sharding.batch_sharding(mesh)
   batch = {key: jax.ShapeDtypeStruct(shape, np.float32, sharding=data)
            for key, shape in shapes.items()}
-  warmup_steps = config.num_init_epochs * steps_per_epoch
+  warmup_steps = spec.num_init_epochs * steps_per_epoch
   needed = [True] if first_step < warmup_steps else []
   if max(first_step, warmup_steps) < total_steps:
     needed.append(False)
   return {warmup: sharding.jit_train_step(
       step_lib.make_train_step(spec, steps_per_epoch, warmup=warmup), mesh
   ).lower(state, batch, vgg_params).compile() for warmup in needed}
-
-
-def _make_evaluator(config: ml_collections.ConfigDict) -> evaluate_lib.Evaluator:
-  try:
-    return evaluate_lib.Evaluator(specs.model_spec(config.model), specs.eval_spec(config))
-  except specs.SpecError as e:
-    raise TrainError(str(e)) from None
 
 
 def _evaluate_and_write(evaluator: evaluate_lib.Evaluator, g_params: Params, step: int,
@@ -377,12 +367,11 @@ def _summary(results: dict[str, float]) -> str:
       f"{results[f'{n}/bicubic_psnr']:.3f} / {results[f'{n}/bicubic_ssim']:.4f})" for n in names)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
-             which: str = "latest") -> dict[str, float]:
+def evaluate(run: specs.RunSpec, workdir: PathLike, which: str = "latest") -> dict[str, float]:
   """Evaluates a checkpoint as training does and writes WORKDIR/eval_<step>.json.
 
   Args:
-    config: the run's config (its model must match the checkpoint's).
+    run: the run (its model must match the checkpoint's).
     workdir: the run's directory.
     which: 'latest' or 'best' checkpoint of the workdir, or a checkpoint path (see
       `checkpoint.locate`).
@@ -391,10 +380,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: PathLike,
     The metrics, as `train_and_evaluate` reports them.
   """
   workdir = pathlib.Path(workdir)
-  evaluator = _make_evaluator(config)
+  evaluator = evaluate_lib.Evaluator(run.train.model, run.evaluation)
   directory, step = checkpoint.locate(workdir, which)
-  target = generators.abstract_params(specs.model_spec(config.model))
-  g_params = checkpoint.read_generator_params(directory, step, target, config)
+  target = generators.abstract_params(run.train.model)
+  g_params = checkpoint.read_generator_params(directory, step, target, run.train)
   results, _ = evaluator(jax.device_put(g_params))
   logging.info("Checkpoint %s: %s", directory / str(step), _summary(results))
   if jax.process_index() == 0:
