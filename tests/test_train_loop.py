@@ -61,8 +61,10 @@ def test_run_writes_checkpoints_events_and_images(uninterrupted):
 
 
 @pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
-def test_eval_mode_reproduces_the_last_evaluation(uninterrupted):
+def test_eval_mode_reproduces_the_last_evaluation(uninterrupted, tmp_path):
+  # A copy: the shared run's folder stays as training left it for the other tests (report).
   workdir, config, metrics = uninterrupted
+  workdir = shutil.copytree(workdir, tmp_path / "run")
   run = specs.run_spec(config)
   assert train.evaluate(run, workdir) == metrics
   written = json.loads((workdir / f"eval_{TOTAL_STEPS}.json").read_text())
@@ -159,8 +161,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted,
 
 
 @pytest.mark.slow  # trains the tiny run (conftest.uninterrupted)
-def test_checkpoint_of_another_model_is_refused(uninterrupted):
+def test_checkpoint_of_another_model_is_refused(uninterrupted, tmp_path):
   workdir, config, _ = uninterrupted
+  workdir = shutil.copytree(workdir, tmp_path / "run")  # the refused run writes events
   config = config.copy_and_resolve_references()
   config.model.n_feats = 16
   config.model.num_res_blocks = (2, 1, 1, 1)
