@@ -57,7 +57,7 @@ def multiply_adds(mode: str, lr_hw: tuple[int, int], ref_hw: tuple[int, int], ch
   from ttsr_jax.models import search_transfer as st
 
   def factored(query_hw, key_hw):
-    side = st.tile_side(chunk_size)
+    side = st.tile_side(chunk_size, key_hw[0] * key_hw[1])
     (rows, row_len), (cols, col_len) = (st.tile_layout(n, side) for n in query_hw)
     (key_rows, key_row_len), (key_cols, key_col_len) = (st.tile_layout(n, side) for n in key_hw)
     return (rows * cols * (row_len + 2) * (col_len + 2) * key_rows * key_cols

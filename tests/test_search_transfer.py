@@ -10,8 +10,9 @@ import pytest
 from parity import gamma, load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
-from ttsr_jax.models.search_transfer import (Conv3x3Relu, check_search_mode, reference_keys,
-                                             search, search_features, transfer, unfold3x3)
+from ttsr_jax.models.search_transfer import (FACTORED_TILE_SIDE, Conv3x3Relu, _factored_top,
+                                             check_search_mode, reference_keys, search,
+                                             search_features, tile_side, transfer, unfold3x3)
 from ttsr_jax.models.ttsr import to_unit_range
 
 search_jit = jax.jit(search, static_argnums=2)
@@ -169,7 +170,7 @@ def _scores64(lr, ref):
   return np.einsum("nqd,nkd->nqk", q, k)
 
 
-@pytest.mark.parametrize("chunk_size", [0, 11, 40])  # whole; tiles of 3 x 3 and 6 x 6 positions
+@pytest.mark.parametrize("chunk_size", [0, 11, 40])  # whole; tiles of 3 x 3 and 5 x 5 positions
 def test_factored_search_matches_exact(chunk_size):
   lr, ref = _random_features(jax.random.key(5), (9, 11), (13, 7))
   s_exact, idx_exact = search_jit(lr, ref, 0)
@@ -187,6 +188,22 @@ def test_factored_search_matches_exact(chunk_size):
   # S from the chosen pair: the same dot product of the same normalised vectors.
   s_same, _ = search_features_jit(lr, ref, "factored", chunk_size, idx_exact)
   np.testing.assert_allclose(np.asarray(s_same), np.asarray(s_exact), rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("side", [0, 3, 5])  # whole; overlapping tiles of the 13 x 7 keys
+def test_factored_top_candidates_are_the_best_distinct_keys(side):
+  """`coarse` keeps several candidates per query: the best distinct keys, however the key tiles
+  overlap at the grid's edges (a key scored by two tiles must not take two places)."""
+  count = 4
+  lr, ref = _random_features(jax.random.key(6), (9, 11), (13, 7))
+  top = np.asarray(jax.jit(_factored_top, static_argnums=(2, 3))(lr, ref, count, side))
+  scores = _scores64(lr, ref)
+  assert all(len(set(row)) == count for row in top.reshape(-1, count))
+  # Where the count-th best score leads the next by more than float32 noise, the same set.
+  ranked = np.sort(scores, axis=-1)
+  clear = ranked[..., -count] - ranked[..., -count - 1] > 2 * _cosine_bound(lr.shape[-1])
+  want = np.argsort(-scores, axis=-1, kind="stable")[..., :count]
+  np.testing.assert_array_equal(np.sort(top, axis=-1)[clear], np.sort(want, axis=-1)[clear])
 
 
 def test_factored_search_matches_exact_on_real_images():
@@ -207,6 +224,17 @@ def test_factored_search_matches_exact_on_real_images():
                              atol=_cosine_bound(lr.shape[-1]))
 
 
+@pytest.mark.parametrize("chunk_size,key_positions", [(11, 91), (40, 240), (1024, 57600),
+                                                      (1024, 10 ** 7), (1, 1)])
+def test_factored_tiles_hold_no_more_than_an_exact_block(chunk_size, key_positions):
+  side = tile_side(chunk_size, key_positions)
+  assert 1 <= side <= FACTORED_TILE_SIDE
+  # The largest such side: its block fits exact's, one more would not (unless capped or at 1).
+  assert side == 1 or (side + 2) ** 4 <= chunk_size * key_positions
+  assert side == FACTORED_TILE_SIDE or (side + 3) ** 4 > chunk_size * key_positions
+  assert tile_side(0, key_positions) == 0  # whole grids
+
+
 def test_factored_search_breaks_ties_as_exact_does():
   """A periodic reference holds each of its patches many times, with bit-equal scores: `exact`'s
   argmax takes the lowest index among them, and so must `factored`, whichever tiles they fall
@@ -223,7 +251,7 @@ def test_factored_search_breaks_ties_as_exact_does():
   lr, ref = jnp.asarray(lr, jnp.float32), jnp.asarray(ref, jnp.float32)
   _, idx_exact = search_jit(lr, ref, 0)
   np.testing.assert_array_equal(np.asarray(idx_exact)[0][inner.ravel()], want.ravel())
-  for chunk_size in (0, 11, 40):  # whole; tiles of 3 x 3 and 6 x 6 positions
+  for chunk_size in (0, 11, 40):  # whole; tiles of 5 x 5 and 7 x 7 positions
     _, idx = search_features_jit(lr, ref, "factored", chunk_size)
     np.testing.assert_array_equal(np.asarray(idx)[0][inner.ravel()], want.ravel())
 

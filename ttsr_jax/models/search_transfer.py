@@ -24,8 +24,8 @@ search modes for inference on large images (docs/inference.md):
   by the key's norm (the query's norm is the same for a whole row and does not move its argmax).
   The same numbers summed in another order, with 9x fewer multiply-adds, and the reference side
   needs only its lv3 map, not its 9x unfolded keys. It runs over square tiles of LR positions
-  against square tiles of reference positions (one position of context around each), small
-  enough that the correlation block and its shifted sums stay in the CPU's caches.
+  against square tiles of reference positions (one position of context around each), so that
+  memory stays bounded and the correlation block and its shifted sums stay near the CPU's caches.
 * `coarse`: coarse-to-fine matching as in MASA-SR (Lu et al., CVPR 2021): a factored search on
   2x2-average-pooled features gives a few candidate cells of the reference for each 2x2 cell of
   LR positions; each LR position then takes the best patch, scored exactly, in the
@@ -46,11 +46,11 @@ SEARCH_MODES = ("exact", "factored", "coarse")
 # full-resolution positions, of the neighbourhood searched around each.
 COARSE_CANDIDATES = 4
 COARSE_MARGIN = 1
-# Largest side of the `factored` search's square tiles: the correlation block of two tiles with
-# their context, (side + 2)^4 floats, then fits a core's L2 cache (1 MB on the Zen 4 CPU of
-# docs/benchmarks.md), where its nine shifted reads cost little; larger tiles waste less on
-# context but wait on the shared L3 and memory.
-FACTORED_TILE_SIDE = 20
+# Largest side of the `factored` search's square tiles. Larger tiles waste less on their one
+# position of context ((side + 2)^2 / side^2 of the products) and give larger matrix products,
+# smaller ones keep the correlation block, (side + 2)^4 floats (19.5 MB at 45), closer to the
+# cores' caches; the time levels off from about this side (docs/benchmarks.md).
+FACTORED_TILE_SIDE = 45
 
 
 def check_search_mode(mode: str, name: str = "search_mode") -> None:
@@ -229,19 +229,27 @@ def tile_layout(size: int, side: int) -> tuple[int, int]:
   return tiles, -(-size // tiles)
 
 
-def tile_side(chunk_size: int) -> int:
+def tile_side(chunk_size: int, key_positions: int) -> int:
   """Side of the square tiles of positions the `factored` search scores against each other for a
-  search chunk size (0: whole grids): at most `chunk_size` positions and FACTORED_TILE_SIDE."""
-  return min(math.isqrt(chunk_size), FACTORED_TILE_SIDE) if chunk_size > 0 else 0
+  search chunk size (0: whole grids): at most FACTORED_TILE_SIDE, and small enough that a tile
+  pair's correlation block, (side + 2)^4 floats, holds no more than `exact`'s block of
+  `chunk_size` queries against all `key_positions`."""
+  if chunk_size <= 0:
+    return 0
+  side = math.isqrt(math.isqrt(chunk_size * key_positions)) - 2  # the floor of the 4th root
+  return max(1, min(side, FACTORED_TILE_SIDE))
 
 
-def _tile_starts(grid_hw: tuple[int, int], side: int) -> tuple[jnp.ndarray, tuple[int, int]]:
-  """((T, 2) top-left corners, (rows, cols) of each tile) of `tile_layout` tiles of a grid."""
+def _tile_starts(grid_hw: tuple[int, int], side: int
+                 ) -> tuple[jnp.ndarray, jnp.ndarray, tuple[int, int]]:
+  """((T, 2) top-left corners, (T, 2) first rows and columns that no earlier tile covers, (rows,
+  cols) of each tile) of `tile_layout` tiles of a grid: only the last tile of a row or column
+  starts before its share, to end at the grid's edge."""
   (row_tiles, rows), (col_tiles, cols) = (tile_layout(size, side) for size in grid_hw)
-  firsts = lambda tiles, length, size: jnp.minimum(jnp.arange(tiles) * length, size - length)
-  r, c = jnp.meshgrid(firsts(row_tiles, rows, grid_hw[0]), firsts(col_tiles, cols, grid_hw[1]),
-                      indexing="ij")
-  return jnp.stack([r.ravel(), c.ravel()], axis=-1), (rows, cols)
+  shares = lambda tiles, length: jnp.arange(tiles) * length
+  r, c = jnp.meshgrid(shares(row_tiles, rows), shares(col_tiles, cols), indexing="ij")
+  share = jnp.stack([r.ravel(), c.ravel()], axis=-1)
+  return jnp.minimum(share, jnp.array(grid_hw) - jnp.array([rows, cols])), share, (rows, cols)
 
 
 def _merge_best(kept: tuple[jnp.ndarray, jnp.ndarray], new: tuple[jnp.ndarray, jnp.ndarray],
@@ -261,8 +269,8 @@ def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, side: int) 
 
   query (N, H, W, C) and keys (N, h, w, C) are feature maps. Square tiles of at most `side` x
   `side` queries are scored against tiles of as many keys (0: whole grids), the best kept as the
-  key tiles go by: a tile pair's correlation block, its nine shifted sums and the argmax stay in
-  the CPU's caches, where whole rows of positions would not (the shifted sums then wait on
+  key tiles go by: a tile pair's correlation block, its nine shifted sums and the argmax stay
+  near the CPU's caches, where whole rows of positions would not (the shifted sums then wait on
   memory).
   """
   n, height, width, channels = query.shape
@@ -272,24 +280,32 @@ def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, side: int) 
   # A tile's positions with one position of context around: (N, rows + 2, cols + 2, C).
   with_context = lambda x, start, rows, cols: _windows(
       x, jnp.full((n,), start[0] - 1), jnp.full((n,), start[1] - 1), (rows + 2, cols + 2))
-  query_starts, (rows, cols) = _tile_starts((height, width), side)
-  key_starts, (key_rows, key_cols) = _tile_starts((key_h, key_w), side)
+  query_starts, _, (rows, cols) = _tile_starts((height, width), side)
+  key_starts, key_shares, (key_rows, key_cols) = _tile_starts((key_h, key_w), side)
 
   def query_tile(index, start):
     window = with_context(query, start, rows, cols)
 
-    def key_tile(kept, key_start):
+    def key_tile(kept, key_tile_starts):
+      key_start, key_share = key_tile_starts
       scores = _patch_scores(
           window, with_context(keys, key_start, key_rows, key_cols),
           jax.lax.dynamic_slice(key_scale, (0, *key_start), (n, key_rows, key_cols)))
-      values, local = _best(scores.reshape(n, rows * cols, key_rows * key_cols), count)
+      scores = scores.reshape(n, rows * cols, key_rows * key_cols)
+      if count > 1:
+        # A key that an earlier tile scored too would take two of the `count` places.
+        r = key_start[0] + jnp.arange(key_rows)[:, None]
+        c = key_start[1] + jnp.arange(key_cols)[None, :]
+        first_time = (r >= key_share[0]) & (c >= key_share[1])
+        scores = jnp.where(first_time.reshape(-1), scores, -jnp.inf)
+      values, local = _best(scores, count)
       r, c = jnp.divmod(local, key_cols)
       return _merge_best(kept, (values, (key_start[0] + r) * key_w + key_start[1] + c),
                          count), None
 
     kept = (jnp.full((n, rows * cols, count), -jnp.inf, query.dtype),
             jnp.zeros((n, rows * cols, count), jnp.int32))
-    (_, best), _ = jax.lax.scan(key_tile, kept, key_starts)
+    (_, best), _ = jax.lax.scan(key_tile, kept, (key_starts, key_shares))
     # Overlapping tiles write the same indices again.
     return jax.lax.dynamic_update_slice(index, best.reshape(n, rows, cols, count),
                                         (0, start[0], start[1], 0)), None
@@ -313,7 +329,9 @@ def _coarse_argmax(query: jnp.ndarray, keys: jnp.ndarray, chunk_size: int) -> jn
   _, key_h, key_w, _ = keys.shape
   cells_h, cells_w = -(-height // 2), -(-width // 2)
   cells_key_w = -(-key_w // 2)
-  cells = _factored_top(_pool2x2(query), _pool2x2(keys), COARSE_CANDIDATES, tile_side(chunk_size))
+  pooled_keys = _pool2x2(keys)
+  cells = _factored_top(_pool2x2(query), pooled_keys, COARSE_CANDIDATES,
+                        tile_side(chunk_size, pooled_keys.shape[1] * pooled_keys.shape[2]))
   count = cells.shape[-1]
   m = COARSE_MARGIN
   side = 2 + 2 * m  # key positions per side of a candidate's neighbourhood
@@ -367,14 +385,15 @@ def search_features(lrsr_lv3: jnp.ndarray, refsr_lv3: jnp.ndarray, mode: str,
                     ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """`search` in the `factored` or `coarse` mode, from the reference's lv3 map itself.
 
-  `chunk_size` > 0: `factored` scores tiles of about `chunk_size` LR positions (`tile_side`
-  squared) against tiles of as many reference positions; `coarse` does so on its pooled grids
-  and refines `chunk_size` 2x2 cells at a time."""
+  `chunk_size` > 0: `factored` scores square tiles of LR positions against tiles of as many
+  reference positions, their correlation block no larger than `exact`'s (`tile_side`); `coarse`
+  does so on its pooled grids and refines `chunk_size` 2x2 cells at a time."""
   n, h, w, _ = lrsr_lv3.shape
   if index is None:
     query, keys = jax.lax.stop_gradient(lrsr_lv3), jax.lax.stop_gradient(refsr_lv3)
     if mode == "factored":
-      index = _factored_top(query, keys, 1, tile_side(chunk_size))[..., 0]
+      key_positions = keys.shape[1] * keys.shape[2]
+      index = _factored_top(query, keys, 1, tile_side(chunk_size, key_positions))[..., 0]
     else:
       index = _coarse_argmax(query, keys, chunk_size)
   index = index.astype(jnp.int32)
