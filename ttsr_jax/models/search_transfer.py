@@ -451,20 +451,34 @@ def _transfer_level(level: Level, index_rc: tuple[jnp.ndarray, jnp.ndarray],
   q_r = jnp.arange(lr_h * scale)[:, None]
   q_c = jnp.arange(lr_w * scale)[None, :]
   read = _reader(level)
-  total = None
-  for dr in (-1, 0, 1):
-    for dc in (-1, 0, 1):
-      i_r = q_r // scale + dr
-      i_c = q_c // scale + dc
-      covers = (i_r >= 0) & (i_r < lr_h) & (i_c >= 0) & (i_c < lr_w)
-      j_r = idx_r[:, jnp.clip(i_r, 0, lr_h - 1), jnp.clip(i_c, 0, lr_w - 1)]
-      j_c = idx_c[:, jnp.clip(i_r, 0, lr_h - 1), jnp.clip(i_c, 0, lr_w - 1)]
-      src_r = q_r + scale * (j_r - i_r)
-      src_c = q_c + scale * (j_c - i_c)
-      valid = covers & (src_r >= 0) & (src_r < ref_h) & (src_c >= 0) & (src_c < ref_w)
-      values = read(src_r, src_c)
-      values = jnp.where(valid.reshape(n, -1, 1), values, 0)
-      total = values if total is None else total + values
+
+  def offset_values(dr, dc):
+    """Each output pixel's part from the LR position (dr, dc) away from its own: that position's
+    chosen patch where it covers the pixel, zeros elsewhere."""
+    i_r = q_r // scale + dr
+    i_c = q_c // scale + dc
+    covers = (i_r >= 0) & (i_r < lr_h) & (i_c >= 0) & (i_c < lr_w)
+    j_r = idx_r[:, jnp.clip(i_r, 0, lr_h - 1), jnp.clip(i_c, 0, lr_w - 1)]
+    j_c = idx_c[:, jnp.clip(i_r, 0, lr_h - 1), jnp.clip(i_c, 0, lr_w - 1)]
+    src_r = q_r + scale * (j_r - i_r)
+    src_c = q_c + scale * (j_c - i_c)
+    valid = covers & (src_r >= 0) & (src_r < ref_h) & (src_c >= 0) & (src_c < ref_w)
+    values = read(src_r, src_c)
+    return jnp.where(valid.reshape(n, -1, 1), values, 0)
+
+  if isinstance(level, Conv3x3Relu):
+    # One offset at a time: each computes its patches and their convolution, which XLA would
+    # otherwise hold for all nine offsets at once.
+    channels = level.kernel.shape[-1]
+    total = jax.lax.fori_loop(
+        0, 9, lambda k, total: total + offset_values(k // 3 - 1, k % 3 - 1),
+        jnp.zeros((n, lr_h * scale * lr_w * scale, channels), level.image.dtype))
+  else:
+    total = None
+    for dr in (-1, 0, 1):
+      for dc in (-1, 0, 1):
+        values = offset_values(dr, dc)
+        total = values if total is None else total + values
   return (total / 9).reshape(n, lr_h * scale, lr_w * scale, -1)
 
 
