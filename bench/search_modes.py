@@ -3,7 +3,7 @@
 
   python -m bench.search_modes [--cases demo,cufed5,720p,4k,12mp] [--modes exact,factored,coarse]
                                [--skip 4k:exact,12mp:exact] [--once CASES] [--versus MODE]
-  python -m bench.search_modes --search_only 88x125:92x125 [--modes ...]
+  python -m bench.search_modes --search_only 88x125:92x125 [--modes ...] [--tile_sides 20,45]
   python -m bench.search_modes --ties 720p
 
 Cases are bench.search_memory's. Each (case, mode) runs in its own process, so its peak RSS is
@@ -23,7 +23,8 @@ output values (uint8) off by one grey level and by more. Columns:
 * Gmadd (image): the whole image's search multiply-adds, counted the same way over all tiles.
 
 `--search_only` times the searches alone, all modes in one process and in turn (so their ratios
-share the machine's load), on random features of the given grid sizes.
+share the machine's load), on random features of the given grid sizes; `--tile_sides 20,45`
+adds `factored`'s argmax with tiles of those sides.
 
 `--ties CASE` asks which search is right where `exact` and `factored` pick different patches,
 on the first tile's window of CASE with random weights: at those positions it scores every
@@ -50,18 +51,26 @@ CASES = ("demo", "cufed5", "720p", "4k", "12mp")
 MODES = ("exact", "factored", "coarse")
 
 
+def factored_multiply_adds(lr_hw: tuple[int, int], ref_hw: tuple[int, int], channels: int,
+                           side: int) -> int:
+  """The `factored` search's multiply-adds with tiles of at most `side` positions a side, each
+  with one position of context around."""
+  from ttsr_jax.models import search_transfer as st
+  (rows, row_len), (cols, col_len) = (st.tile_layout(n, side) for n in lr_hw)
+  (key_rows, key_row_len), (key_cols, key_col_len) = (st.tile_layout(n, side) for n in ref_hw)
+  return (rows * cols * (row_len + 2) * (col_len + 2) * key_rows * key_cols
+          * (key_row_len + 2) * (key_col_len + 2) * channels)
+
+
 def multiply_adds(mode: str, lr_hw: tuple[int, int], ref_hw: tuple[int, int], channels: int,
                   chunk_size: int) -> int:
   """The search's multiply-adds for an (H, W) grid of LR positions and (h, w) of reference ones,
-  as the tiles of `search_transfer` compute them (each with one position of context around)."""
+  as the tiles of `search_transfer` compute them."""
   from ttsr_jax.models import search_transfer as st
 
   def factored(query_hw, key_hw):
     side = st.tile_side(chunk_size, key_hw[0] * key_hw[1])
-    (rows, row_len), (cols, col_len) = (st.tile_layout(n, side) for n in query_hw)
-    (key_rows, key_row_len), (key_cols, key_col_len) = (st.tile_layout(n, side) for n in key_hw)
-    return (rows * cols * (row_len + 2) * (col_len + 2) * key_rows * key_cols
-            * (key_row_len + 2) * (key_col_len + 2) * channels)
+    return factored_multiply_adds(query_hw, key_hw, channels, side)
 
   (height, width), (key_h, key_w) = lr_hw, ref_hw
   if mode == "exact":
@@ -187,9 +196,10 @@ def run_case(case: str, mode: str, runs: int, save: pathlib.Path) -> dict:
 
 
 def search_only(lr_hw: tuple[int, int], ref_hw: tuple[int, int], modes: list[str],
-                rounds: int = 2) -> None:
+                tile_sides: list[int], rounds: int = 2) -> None:
   """Times the search alone (argmax and S) of every mode on random post-ReLU 256-channel
-  features, in this process, the modes in turn for `rounds` rounds (the first compiles)."""
+  features, in this process, the modes in turn for `rounds` rounds (the first compiles); then
+  `factored`'s argmax with each of `tile_sides` (any side, beyond FACTORED_TILE_SIDE too)."""
   import jax
   from configs import default
   from ttsr_jax.models import search_transfer as st
@@ -201,16 +211,20 @@ def search_only(lr_hw: tuple[int, int], ref_hw: tuple[int, int], modes: list[str
   keys = {"exact": jax.jit(st.reference_keys)(ref)}
   functions = {m: jax.jit(lambda q, k, m=m: st.search_keys(q, k, chunk) if m == "exact"
                           else st.search_features(q, k, m, chunk)) for m in modes}
-  print(f"LR grid {lr_hw}, reference grid {ref_hw}, chunk {chunk}; matmul "
-        f"{_matmul_gflops():.1f} GFLOP/s")
+  madds = {m: multiply_adds(m, lr_hw, ref_hw, 256, chunk) for m in modes}
+  for side in tile_sides:
+    name = f"tiles {side}"
+    functions[name] = jax.jit(lambda q, k, side=side: st._factored_top(q, k, 1, side))
+    madds[name] = factored_multiply_adds(lr_hw, ref_hw, 256, side)
+  print(f"LR grid {lr_hw}, reference grid {ref_hw}, chunk {chunk} (factored's tiles "
+        f"{st.tile_side(chunk, ref_hw[0] * ref_hw[1])}); matmul {_matmul_gflops():.1f} GFLOP/s")
   for round_ in range(rounds):
-    for mode in modes:
+    for name, function in functions.items():
       start = time.perf_counter()
-      jax.block_until_ready(functions[mode](lr, keys.get(mode, ref)))
+      jax.block_until_ready(function(lr, keys.get(name, ref)))
       seconds = time.perf_counter() - start
-      madds = multiply_adds(mode, lr_hw, ref_hw, 256, chunk)
-      print(f"round {round_}  {mode:8} {seconds:8.2f} s  {madds / 1e9:8.1f} Gmadd  "
-            f"{2 * madds / seconds / 1e9:7.1f} GFLOP/s", flush=True)
+      print(f"round {round_}  {name:8} {seconds:8.2f} s  {madds[name] / 1e9:8.1f} Gmadd  "
+            f"{2 * madds[name] / seconds / 1e9:7.1f} GFLOP/s", flush=True)
 
 
 def compare(result: pathlib.Path, versus: pathlib.Path) -> tuple[float, float, float]:
@@ -306,6 +320,9 @@ def main() -> None:
   parser.add_argument("--search_only", metavar="HxW:HxW",
                       help="only time the searches, in this process, on LR and reference grids "
                       "of these sizes (lv3 positions)")
+  parser.add_argument("--tile_sides", default="", metavar="S,S,...",
+                      help="with --search_only: also time factored's argmax with tiles of these "
+                      "sides")
   parser.add_argument("--tile_memory", metavar="CASE",
                       help="only print XLA's memory analysis of CASE's tile program per mode")
   parser.add_argument("--ties", metavar="CASE",
@@ -320,7 +337,8 @@ def main() -> None:
   if args.search_only:
     lr_hw, ref_hw = (tuple(int(n) for n in side.split("x")) for side in
                      args.search_only.split(":"))
-    search_only(lr_hw, ref_hw, args.modes.split(","))
+    search_only(lr_hw, ref_hw, args.modes.split(","),
+                [int(side) for side in args.tile_sides.split(",") if side])
     return
   if args.only:
     case, mode, save = args.only
