@@ -102,8 +102,8 @@ def _conv3x3(image, kernel):
   """float64 zero-padded 3x3 convolution, NHWC x HWIO."""
   h, w = image.shape[1:3]
   padded = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + h, j:j + w], kernel[i, j].astype(np.float64))
-             for i in range(3) for j in range(3))
+  return sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + h, j:j + w],
+                       kernel[i, j].astype(np.float64)) for i in range(3) for j in range(3))
 
 
 @pytest.mark.parametrize("ref_hw", [(24, 20), (26, 18)])
