@@ -9,6 +9,7 @@ the ConfigDict.
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any, Mapping, Optional
 
@@ -208,6 +209,16 @@ def _check_eval(e: Any) -> None:
     raise SpecError(str(error)) from None
 
 
+# Integer config keys (dotted paths) and the least value each may take.
+_INTEGER_BOUNDS = (
+    ("model.n_feats", 1), ("model.search_chunk_size", 0), ("loss.gan_k", 0),
+    ("train_crop_size", 1), ("microbatches", 1), ("batch_size", 1), ("num_init_epochs", 0),
+    ("num_epochs", 0), ("eval_every", 0), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+    ("log_every", 1), ("profile_steps", 0), ("eval.num_images", 0), ("eval.num_image_grids", 0),
+    ("eval.search_chunk_size", 0),
+)
+
+
 def check(config: Any) -> None:
   """Every check of the config's model, training and evaluation values, each failing with one
   line that names the key and what it expects.
@@ -225,21 +236,8 @@ def check(config: Any) -> None:
   if len(blocks) != 4 or min(blocks) < 1:
     raise SpecError(f"config.model.num_res_blocks {blocks}: expected four counts >= 1 (SFE and "
                     "the three stages)")
-  for key, value, least in (("model.n_feats", model.n_feats, 1),
-                            ("model.search_chunk_size", model.search_chunk_size, 0),
-                            ("loss.gan_k", loss.gan_k, 0),
-                            ("train_crop_size", config.train_crop_size, 1),
-                            ("microbatches", config.microbatches, 1),
-                            ("batch_size", config.batch_size, 1),
-                            ("num_init_epochs", config.num_init_epochs, 0),
-                            ("num_epochs", config.num_epochs, 0),
-                            ("eval_every", config.eval_every, 0),
-                            ("checkpoint_every", config.checkpoint_every, 1),
-                            ("keep_checkpoints", config.keep_checkpoints, 1),
-                            ("log_every", config.log_every, 1),
-                            ("profile_steps", config.profile_steps, 0),
-                            *((f"eval.{key}", config.eval[key], 0)
-                              for key in ("num_images", "num_image_grids", "search_chunk_size"))):
+  for key, least in _INTEGER_BOUNDS:
+    value = functools.reduce(lambda node, name: node[name], key.split("."), config)
     if value < least:
       raise SpecError(f"config.{key} {value}: expected an integer >= {least}")
   try:
