@@ -11,7 +11,7 @@ from parity import gamma, load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.search_transfer import (FACTORED_TILE_SIDE, Conv3x3Relu, _factored_top,
-                                             check_search_mode, reference_keys, search,
+                                             _grid_argmax, check_search_mode, reference_keys, search,
                                              search_features, tile_side, transfer, unfold3x3)
 from ttsr_jax.models.ttsr import to_unit_range
 
@@ -254,6 +254,17 @@ def test_factored_search_breaks_ties_as_exact_does():
   for chunk_size in (0, 11, 40):  # whole; tiles of 5 x 5 and 7 x 7 positions
     _, idx = search_features_jit(lr, ref, "factored", chunk_size)
     np.testing.assert_array_equal(np.asarray(idx)[0][inner.ravel()], want.ravel())
+
+
+@pytest.mark.parametrize("grid", [(45, 40), (7, 3), (1, 5), (6, 1)])
+def test_grid_argmax_is_argmax_over_the_flattened_grid(grid):
+  """Scores of a few integer values tie often, within a row, within a column and across both:
+  the position must be argmax's (the lowest flat index of the maximum) and the value the max."""
+  scores = jax.random.randint(jax.random.key(sum(grid)), (2, 300, *grid), 0, 4).astype(jnp.float32)
+  value, position = jax.jit(_grid_argmax)(scores)
+  flat = scores.reshape(2, 300, -1)
+  np.testing.assert_array_equal(np.asarray(position)[..., 0], np.asarray(jnp.argmax(flat, -1)))
+  np.testing.assert_array_equal(np.asarray(value)[..., 0], np.asarray(jnp.max(flat, -1)))
 
 
 @pytest.mark.parametrize("offset", [(4, 6), (3, 5)])  # on the coarse search's 2x2 cells, and not

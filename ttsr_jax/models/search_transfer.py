@@ -210,14 +210,28 @@ def _windows(x: jnp.ndarray, rows: jnp.ndarray, cols: jnp.ndarray,
   return jnp.where(inside.reshape(inside.shape + (1,) * (x.ndim - 3)), values, 0)
 
 
-def _best(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """The `count` largest of (..., K) scores and their positions, the lower position first among
-  equal scores (as argmax)."""
-  if count == 1:
-    index = jnp.argmax(scores, axis=-1)[..., None]
-    return jnp.take_along_axis(scores, index, axis=-1), index.astype(jnp.int32)
+def _top(scores: jnp.ndarray, count: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The `count` largest of (..., K) scores and their positions, best first."""
   values, index = jax.lax.top_k(scores, count)
   return values, index.astype(jnp.int32)
+
+
+def _grid_argmax(scores: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The largest of (..., rows, cols) finite scores and its row-major position, the lower
+  position first among equal scores (as argmax over the flattened grid).
+
+  The maxima over rows come first, as elementwise comparisons of whole rows, then the few
+  left over cols: XLA:CPU vectorises elementwise work along a row, where its argmax reduction
+  runs one score at a time."""
+  rows, cols = scores.shape[-2:]
+  best, best_row = scores[..., 0, :], jnp.zeros(scores.shape[:-2] + (cols,), jnp.int32)
+  for row in range(1, rows):
+    take = scores[..., row, :] > best  # strictly: the lower row keeps a tie
+    best = jnp.where(take, scores[..., row, :], best)
+    best_row = jnp.where(take, row, best_row)
+  value = jnp.max(best, axis=-1, keepdims=True)
+  position = jnp.where(best == value, best_row * cols + jnp.arange(cols), rows * cols)
+  return value, jnp.min(position, axis=-1, keepdims=True)
 
 
 def tile_layout(size: int, side: int) -> tuple[int, int]:
@@ -259,7 +273,7 @@ def _merge_best(kept: tuple[jnp.ndarray, jnp.ndarray], new: tuple[jnp.ndarray, j
   if count == 1:
     take = (new[0] > kept[0]) | ((new[0] == kept[0]) & (new[1] < kept[1]))
     return jnp.where(take, new[0], kept[0]), jnp.where(take, new[1], kept[1])
-  values, best = _best(jnp.concatenate([kept[0], new[0]], axis=-1), count)
+  values, best = _top(jnp.concatenate([kept[0], new[0]], axis=-1), count)
   return values, jnp.take_along_axis(jnp.concatenate([kept[1], new[1]], axis=-1), best, axis=-1)
 
 
@@ -291,14 +305,16 @@ def _factored_top(query: jnp.ndarray, keys: jnp.ndarray, count: int, side: int) 
       scores = _patch_scores(
           window, with_context(keys, key_start, key_rows, key_cols),
           jax.lax.dynamic_slice(key_scale, (0, *key_start), (n, key_rows, key_cols)))
-      scores = scores.reshape(n, rows * cols, key_rows * key_cols)
-      if count > 1:
+      scores = scores.reshape(n, rows * cols, key_rows, key_cols)
+      if count == 1:
+        values, local = _grid_argmax(scores)
+      else:
         # A key that an earlier tile scored too would take two of the `count` places.
         r = key_start[0] + jnp.arange(key_rows)[:, None]
         c = key_start[1] + jnp.arange(key_cols)[None, :]
         first_time = (r >= key_share[0]) & (c >= key_share[1])
-        scores = jnp.where(first_time.reshape(-1), scores, -jnp.inf)
-      values, local = _best(scores, count)
+        scores = jnp.where(first_time, scores, -jnp.inf)
+        values, local = _top(scores.reshape(n, rows * cols, -1), count)
       r, c = jnp.divmod(local, key_cols)
       return _merge_best(kept, (values, (key_start[0] + r) * key_w + key_start[1] + c),
                          count), None
