@@ -11,8 +11,9 @@ from parity import gamma, load_case, nhwc
 from ttsr_jax import convert
 from ttsr_jax.models.lte import LTE
 from ttsr_jax.models.search_transfer import (FACTORED_TILE_SIDE, Conv3x3Relu, _factored_top,
-                                             _grid_argmax, check_search_mode, reference_keys, search,
-                                             search_features, tile_side, transfer, unfold3x3)
+                                             _grid_argmax, check_search_mode, reference_keys,
+                                             search, search_features, tile_side, transfer,
+                                             unfold3x3)
 from ttsr_jax.models.ttsr import to_unit_range
 
 search_jit = jax.jit(search, static_argnums=2)
