@@ -63,9 +63,8 @@ def cpu_name() -> str:
           f"{os.cpu_count()} cores, {vector}")
 
 
-def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
-  import dataclasses
-
+def build_step(name: str, batch: int, microbatches: int):
+  """(spec, mesh, the variant's jitted train step, (state, data, vgg_params)) on random inputs."""
   import jax
   import numpy as np
   from configs import default
@@ -91,6 +90,17 @@ def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
   data = jax.device_put(dict(lr=hr[:, ::4, ::4], lrsr=hr, hr=hr, ref=ref, refsr=ref),
                         sharding.batch_sharding(mesh))
   train_step = sharding.jit_train_step(step.make_train_step(spec, 1000, warmup=False), mesh)
+  return spec, mesh, train_step, (state, data, vgg_params)
+
+
+def run_variant(name: str, batch: int, microbatches: int, steps: int) -> dict:
+  import dataclasses
+
+  import jax
+  import numpy as np
+  from ttsr_jax import sharding, step
+
+  spec, mesh, train_step, (state, data, vgg_params) = build_step(name, batch, microbatches)
   t = time.perf_counter()
   compiled = train_step.lower(state, data, vgg_params).compile()
   compile_s = time.perf_counter() - t
