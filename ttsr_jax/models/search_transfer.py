@@ -220,9 +220,9 @@ def _grid_argmax(scores: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """The largest of (..., rows, cols) finite scores and its row-major position, the lower
   position first among equal scores (as argmax over the flattened grid).
 
-  The maxima over rows come first, as elementwise comparisons of whole rows, then the few
-  left over cols: XLA:CPU vectorises elementwise work along a row, where its argmax reduction
-  runs one score at a time."""
+  The best of each column comes first, as elementwise comparisons of whole rows, then the best
+  of the columns' bests: XLA:CPU vectorises elementwise work along a row, where its argmax
+  reduction runs one score at a time."""
   rows, cols = scores.shape[-2:]
   best, best_row = scores[..., 0, :], jnp.zeros(scores.shape[:-2] + (cols,), jnp.int32)
   for row in range(1, rows):
