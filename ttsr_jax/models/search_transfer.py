@@ -427,6 +427,15 @@ class Conv3x3Relu(NamedTuple):
   kernel: jnp.ndarray
   bias: jnp.ndarray
 
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The map's shape, (N, H, W, output channels), as an array's."""
+    return (*self.image.shape[:3], self.kernel.shape[-1])
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return self.image.dtype
+
 
 Level = Union[jnp.ndarray, Conv3x3Relu]
 
@@ -460,7 +469,7 @@ def _reader(level: Level) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
 def _transfer_level(level: Level, index_rc: tuple[jnp.ndarray, jnp.ndarray],
                     lr_hw: tuple[int, int], scale: int) -> jnp.ndarray:
   """Unfold (kernel 3s, stride s, padding s) -> gather -> fold (sum) / 9, as gathers."""
-  ref_h, ref_w = (level.image if isinstance(level, Conv3x3Relu) else level).shape[1:3]
+  ref_h, ref_w = level.shape[1:3]
   lr_h, lr_w = lr_hw
   idx_r, idx_c = index_rc  # (N, lr_h, lr_w) reference lv3 coordinates chosen for each LR position
   n = idx_r.shape[0]
@@ -485,10 +494,9 @@ def _transfer_level(level: Level, index_rc: tuple[jnp.ndarray, jnp.ndarray],
   if isinstance(level, Conv3x3Relu):
     # One offset at a time: each computes its patches and their convolution, which XLA would
     # otherwise hold for all nine offsets at once.
-    channels = level.kernel.shape[-1]
     total = jax.lax.fori_loop(
         0, 9, lambda k, total: total + offset_values(k // 3 - 1, k % 3 - 1),
-        jnp.zeros((n, lr_h * scale * lr_w * scale, channels), level.image.dtype))
+        jnp.zeros((n, lr_h * scale * lr_w * scale, level.shape[-1]), level.dtype))
   else:
     total = None
     for dr in (-1, 0, 1):
