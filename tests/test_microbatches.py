@@ -2,10 +2,13 @@
 size. That a microbatched step equals the whole batch at once is tested with the other layouts
 of the step, sharing their compiled one-device step (test_sharding.py)."""
 
+import jax
 import numpy as np
 import pytest
+import tiny_configs
 
-from ttsr_jax import sharding, step
+from ttsr_jax import sharding, specs, step
+from ttsr_jax.models import search_transfer
 
 
 def test_split_and_merge_microbatches():
@@ -24,3 +27,27 @@ def test_microbatches_must_divide_the_batch():
     sharding.check_batch_size(9, 1, microbatches=2)
   with pytest.raises(ValueError, match="microbatches must be at least 1"):
     sharding.check_batch_size(9, 1, microbatches=0)
+
+
+def test_adversarial_microbatches_search_once(monkeypatch):
+  """The microbatched all-losses step runs the generator's forward pass twice (D needs the whole
+  batch's sr first); the second takes the first's hard-attention index instead of searching."""
+  searches = []
+  argmax = search_transfer._relevance_argmax
+
+  def counted(*args, **kwargs):
+    searches.append(args[0].shape)
+    return argmax(*args, **kwargs)
+
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
+  config.microbatches = 2
+  spec = specs.train_spec(config)
+  vgg_params = step.init_vgg_params(spec.model, jax.random.key(1))
+  state = jax.eval_shape(lambda: step.create_train_state(spec, vgg_params, 1))
+  monkeypatch.setattr(search_transfer, "_relevance_argmax", counted)
+  batch = {name: jax.ShapeDtypeStruct((2, *shape), np.float32) for name, shape in
+           [("lr", (8, 8, 3)), ("lrsr", (32, 32, 3)), ("hr", (32, 32, 3)),
+            ("ref", (32, 32, 3)), ("refsr", (32, 32, 3))]}
+  jax.eval_shape(step.make_train_step(spec, 1, warmup=False), state, batch, vgg_params)
+  # Traced once, in the body of the loop over microbatches (one sample each).
+  assert searches == [(1, 8 * 8, 9 * 256)]

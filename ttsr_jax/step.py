@@ -245,9 +245,11 @@ def discriminator_update(it: Iteration, d_params: Params, d_opt_state: optax.Opt
   return optax.apply_updates(d_params, updates), d_opt_state, grads, metrics
 
 
-def generator_forward(model: TTSR, g_params: Params, batch: Batch) -> tuple[jnp.ndarray, ...]:
-  """(sr, S, T_lv3, T_lv2, T_lv1): what the generator's losses read."""
-  out = model.apply({"params": g_params}, *model_inputs(batch))
+def generator_forward(model: TTSR, g_params: Params, batch: Batch,
+                      index: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, ...]:
+  """(sr, S, T_lv3, T_lv2, T_lv1): what the generator's losses read. `index` is the search's
+  hard-attention index when an earlier forward pass of the same parameters and batch found it."""
+  out = model.apply({"params": g_params}, *model_inputs(batch), index)
   return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
 
 
@@ -277,16 +279,19 @@ def generator_loss(it: Iteration, g_params: Params, vgg_params: Params, d_params
 
 
 def generator_gradients(it: Iteration, g_params: Params, vgg_params: Params, d_params: Params,
-                        batch: Batch, forward_vjp: Optional[tuple[Any, Callable]] = None
+                        batch: Batch, forward_vjp: Optional[tuple[Any, Callable]] = None,
+                        index: Optional[jnp.ndarray] = None
                         ) -> tuple[Params, tuple[jnp.ndarray, dict[str, jnp.ndarray]]]:
   """Gradients of `generator_loss` with respect to `g_params`, and (total, terms).
 
   `forward_vjp` reuses a `jax.vjp` of `generator_forward` over the whole batch (one microbatch)
-  that was already run to feed the discriminator.
+  that was already run to feed the discriminator; `index` (N, h*w), the hard-attention index
+  such a forward pass found, spares the microbatches' forward passes the search.
   """
-  def gradients(batch, forward_vjp=None):
+  def gradients(inputs, forward_vjp=None):
+    batch, index = inputs
     outputs, backward = forward_vjp or jax.vjp(
-        lambda p: generator_forward(it.nets.model, p, batch), g_params)
+        lambda p: generator_forward(it.nets.model, p, batch, index), g_params)
     loss = lambda outputs: generator_loss(it, g_params, vgg_params, d_params, outputs,
                                           batch["hr"])
     (total, terms), d_outputs = jax.value_and_grad(loss, has_aux=True)(outputs)
@@ -294,8 +299,8 @@ def generator_gradients(it: Iteration, g_params: Params, vgg_params: Params, d_p
     return grads, (total, terms)
 
   if forward_vjp:
-    return gradients(batch, forward_vjp)
-  return microbatch_mean(gradients, batch, it.spec.microbatches)
+    return gradients((batch, None), forward_vjp)
+  return microbatch_mean(gradients, (batch, index), it.spec.microbatches)
 
 
 def d_updates_and_g_gradients(it: Iteration, state: TrainState, batch: Batch, vgg_params: Params,
@@ -312,7 +317,8 @@ def d_updates_and_g_gradients(it: Iteration, state: TrainState, batch: Batch, vg
   With `microbatches` = M > 1 the (local) batch runs as M sequential microbatches whose gradients
   are averaged: the same gradients (every loss is a mean over samples) with about 1/M of the
   activation memory. D must see the whole batch's sr before the generator's loss, so the
-  generator's forward pass then runs twice (once without gradients).
+  generator's forward pass then runs twice (once without gradients); the second takes the
+  first's hard-attention index instead of searching again.
   """
   count = it.spec.microbatches
   metrics = {}
@@ -322,14 +328,18 @@ def d_updates_and_g_gradients(it: Iteration, state: TrainState, batch: Batch, vg
                  if count == 1 else None)
 
   d_params, d_opt_state = state.d_params, state.d_opt_state
+  index = None
   if it.adversarial:
     if forward_vjp:
       sr = forward_vjp[0][0]
     else:
+      def sr_and_index(microbatch):
+        out = it.nets.model.apply({"params": state.g_params}, *model_inputs(microbatch))
+        return out.sr, out.index
+
       with layers.loop_body():
-        sr = merge_microbatches(jax.lax.map(
-            lambda b: generator_forward(it.nets.model, state.g_params, b)[0],
-            split_microbatches(batch, count)))
+        sr, index = merge_microbatches(jax.lax.map(sr_and_index,
+                                                   split_microbatches(batch, count)))
     fake = jax.lax.stop_gradient(sr)
     for k in range(it.spec.loss.gan_k):
       d_params, d_opt_state, d_grads, d_metrics = discriminator_update(
@@ -338,7 +348,7 @@ def d_updates_and_g_gradients(it: Iteration, state: TrainState, batch: Batch, vg
     metrics["grad_norm/d"] = optax.tree.norm(d_grads)
 
   g_grads, (total, terms) = generator_gradients(it, state.g_params, vgg_params, d_params, batch,
-                                                forward_vjp)
+                                                forward_vjp, index)
   g_grads = it.mean_over_devices(g_grads)
   for name, value in terms.items():
     metrics[f"loss/{name}"] = value

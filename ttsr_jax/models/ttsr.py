@@ -77,7 +77,8 @@ class TTSR(nn.Module):
                            res_scale=self.res_scale, dtype=dtype("main_net"), remat=self.remat)
 
   def __call__(self, lr, lrsr, ref, refsr, index: Optional[jnp.ndarray] = None) -> TTSROutput:
-    """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests).
+    """`index` (N, H*W) replaces the search's argmax (teacher forcing for parity tests; the
+    microbatched train step reuses its first forward pass's).
 
     Every output is float32 whatever the precision policy (the losses reduce them in float32).
     """
