@@ -1,9 +1,12 @@
 """Defaults shared by every experiment: the reference's `option.py` values unless noted.
 
-Experiment files import `get_config()` from here and state only their differences.
+Experiment files import `get_config()` (or `get_cufed_config()`, for training on CUFED) from
+here and state only their differences.
 """
 
 import ml_collections
+
+from ttsr_jax import vgg19_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -46,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Sequential microbatches per step (gradient accumulation): the same gradients with about
   # 1/microbatches of the activation memory; batch_size must be a multiple of
   # microbatches x devices. With the adversarial loss on, the generator's forward runs twice.
+  # 0 picks per machine: one sample per device per microbatch on CPUs, the whole batch on GPUs.
   config.microbatches = 1
   config.train_crop_size = 40  # LR patch side; the discriminator sees 4x this
   config.num_init_epochs = 2  # warm-up epochs with the reconstruction loss only
@@ -105,4 +109,13 @@ def get_config() -> ml_collections.ConfigDict:
       num_processes=ml_collections.config_dict.placeholder(int),
       process_id=ml_collections.config_dict.placeholder(int),
   ))
+  return config
+
+
+def get_cufed_config() -> ml_collections.ConfigDict:
+  """The defaults for training on CUFED: the pretrained VGG19 for the LTE (`python -m
+  ttsr_jax.tools.vgg19` fetches it) and microbatches picked per machine."""
+  config = get_config()
+  config.model.vgg19_weights = str(vgg19_weights.default_weights_path())
+  config.microbatches = 0
   return config

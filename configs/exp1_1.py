@@ -7,12 +7,10 @@ GPU held with the rec loss). Everything else is the reference's option.py and tr
 import ml_collections
 
 from configs import default
-from ttsr_jax import vgg19_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.model.vgg19_weights = str(vgg19_weights.default_weights_path())
+  config = default.get_cufed_config()
   config.batch_size = 8
   config.num_init_epochs = 0
   config.num_epochs = 30

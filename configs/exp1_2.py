@@ -9,12 +9,10 @@ reference's option.py and train.sh.
 import ml_collections
 
 from configs import default
-from ttsr_jax import vgg19_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.model.vgg19_weights = str(vgg19_weights.default_weights_path())
+  config = default.get_cufed_config()
   config.loss.update(rec_w=1.0, per_w=1e-2, tpl_w=1e-2, adv_w=1e-2)
   config.batch_size = 6
   config.num_init_epochs = 2

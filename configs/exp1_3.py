@@ -11,12 +11,10 @@ Batch 11 no longer needs the architecture change: the unchanged model trains at 
 import ml_collections
 
 from configs import default
-from ttsr_jax import vgg19_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.model.vgg19_weights = str(vgg19_weights.default_weights_path())
+  config = default.get_cufed_config()
   config.model.lte_reduce_lv3 = True
   config.batch_size = 11
   config.num_init_epochs = 0

@@ -9,12 +9,10 @@ Table 1; docs/training.md).
 import ml_collections
 
 from configs import default
-from ttsr_jax import vgg19_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.model.vgg19_weights = str(vgg19_weights.default_weights_path())
+  config = default.get_cufed_config()
   config.num_init_epochs = 0
   config.num_epochs = 200
   return config

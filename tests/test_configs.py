@@ -1,5 +1,6 @@
 """Every config loads and builds (abstract shapes only), with the settings its sources give."""
 
+import dataclasses
 import pathlib
 
 import jax
@@ -36,6 +37,8 @@ def test_config_builds_a_train_step(path):
   config = load_config(path)
   mesh = sharding.make_mesh(jax.devices()[:1])
   spec = specs.train_spec(config)
+  spec = dataclasses.replace(spec, microbatches=sharding.resolve_microbatches(
+      spec.microbatches, config.batch_size, mesh))
   state = checkpoint.abstract_train_state(spec, mesh)
   vgg = jax.eval_shape(lambda key: step.init_vgg_params(spec.model, key), jax.random.PRNGKey(0))
   patch, low = 4 * config.train_crop_size, config.train_crop_size
@@ -59,6 +62,7 @@ def test_experiment_settings_and_pretrained_vgg_requirement(name, tmp_path, monk
                                                                             init_epochs, epochs)
   assert (config.loss.rec_w, config.loss.per_w, config.loss.tpl_w, config.loss.adv_w) == weights
   assert config.model.lte_reduce_lv3 == reduce_lv3
+  assert config.microbatches == 0  # picked per machine
   assert (config.model.n_feats, tuple(config.model.num_res_blocks)) == (64, (16, 16, 8, 4))
   assert config.model.vgg19_weights == str(tmp_path / "ttsr_jax" / "vgg19.npz")
   with pytest.raises(train.TrainError, match=r"python -m ttsr_jax\.tools\.vgg19"):

@@ -2,6 +2,8 @@
 size. That a microbatched step equals the whole batch at once is tested with the other layouts
 of the step, sharing their compiled one-device step (test_sharding.py)."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
@@ -18,6 +20,24 @@ def test_split_and_merge_microbatches():
   # blocks, every microbatch has an equal share of each device's rows.
   np.testing.assert_array_equal(split, [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
   np.testing.assert_array_equal(step.merge_microbatches(split), x)
+
+
+def test_microbatches_picked_per_machine():
+  """0 means one sample per device per microbatch on CPUs, the whole batch elsewhere."""
+  def mesh(platform, size):
+    return types.SimpleNamespace(size=size, devices=np.array(
+        [types.SimpleNamespace(platform=platform)] * size))
+
+  assert sharding.resolve_microbatches(0, 9, mesh("cpu", 1)) == 9
+  assert sharding.resolve_microbatches(0, 12, mesh("cpu", 4)) == 3
+  assert sharding.resolve_microbatches(0, 12, mesh("gpu", 4)) == 1
+  assert sharding.resolve_microbatches(0, 12, mesh("tpu", 4)) == 1
+  assert sharding.resolve_microbatches(2, 12, mesh("cpu", 4)) == 2
+  assert sharding.resolve_microbatches(3, 12, mesh("gpu", 4)) == 3
+  config = tiny_configs.all_losses(train_crop_size=8, batch_size=2)
+  config.microbatches = 0
+  with pytest.raises(ValueError, match="resolve 0"):
+    step.make_iteration(specs.train_spec(config), 1, warmup=False)
 
 
 def test_microbatches_must_divide_the_batch():

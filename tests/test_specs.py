@@ -21,7 +21,7 @@ from ttsr_jax.models.ttsr import TTSR
     ("loss.gan_k", -1, r"config.loss.gan_k -1: expected an integer >= 0"),
     ("loss.tpl_type", "l3", r"config.loss.tpl_type 'l3': expected one of \('l1', 'l2'\)"),
     ("train_crop_size", 0, r"config.train_crop_size 0: expected an integer >= 1"),
-    ("microbatches", 0, r"config.microbatches 0: expected an integer >= 1"),
+    ("microbatches", -1, r"config.microbatches -1: expected an integer >= 0"),
     ("microbatches", 2, r"config.batch_size 9 is not divisible by config.microbatches 2"),
     ("batch_size", 0, r"config.batch_size 0: expected an integer >= 1"),
     ("num_init_epochs", -1, r"config.num_init_epochs -1: expected an integer >= 0"),

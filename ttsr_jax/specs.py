@@ -98,7 +98,7 @@ class TrainSpec:
   loss: LossSpec
   optim: OptimSpec
   train_crop_size: int  # LR patch side; the discriminator sees 4x this
-  microbatches: int
+  microbatches: int  # 0: picked per machine (`sharding.resolve_microbatches`)
   num_init_epochs: int  # warm-up epochs (reconstruction loss only, learning rate constant)
   seed: int
 
@@ -212,7 +212,7 @@ def _check_eval(e: Any) -> None:
 # Integer config keys (dotted paths) and the least value each may take.
 _INTEGER_BOUNDS = (
     ("model.n_feats", 1), ("model.search_chunk_size", 0), ("loss.gan_k", 0),
-    ("train_crop_size", 1), ("microbatches", 1), ("batch_size", 1), ("num_init_epochs", 0),
+    ("train_crop_size", 1), ("microbatches", 0), ("batch_size", 1), ("num_init_epochs", 0),
     ("num_epochs", 0), ("eval_every", 0), ("checkpoint_every", 1), ("keep_checkpoints", 1),
     ("log_every", 1), ("profile_steps", 0), ("eval.num_images", 0), ("eval.num_image_grids", 0),
     ("eval.search_chunk_size", 0),
@@ -246,7 +246,7 @@ def check(config: Any) -> None:
     raise SpecError(str(e)) from None
   if loss.tpl_type not in TPL_TYPES:
     raise SpecError(f"config.loss.tpl_type {loss.tpl_type!r}: expected one of {TPL_TYPES}")
-  if config.batch_size % config.microbatches:
+  if config.microbatches and config.batch_size % config.microbatches:
     raise SpecError(f"config.batch_size {config.batch_size} is not divisible by "
                     f"config.microbatches {config.microbatches}")
 

@@ -208,6 +208,9 @@ class Iteration:
 
 def make_iteration(spec: specs.TrainSpec, steps_per_epoch: int, *, warmup: bool,
                    axis_name: Optional[str] = None) -> Iteration:
+  if spec.microbatches < 1:
+    raise ValueError(f"microbatches {spec.microbatches}: resolve 0 (per machine) with "
+                     "sharding.resolve_microbatches first")
   g_tx, d_tx = make_optimizers(spec, steps_per_epoch)
   return Iteration(build_networks(spec), g_tx, d_tx, spec, steps_per_epoch,
                    loss_weights(spec.loss, warmup), axis_name)

@@ -21,6 +21,7 @@ Workdir layout:
   eval_<step>.json      written by `evaluate`
 """
 
+import dataclasses
 import json
 import pathlib
 import signal
@@ -230,8 +231,9 @@ def train_and_evaluate(run: specs.RunSpec, workdir: PathLike) -> dict[str, float
       damaged ones moved aside), or a save that failed (the earlier checkpoints kept).
   """
   workdir = pathlib.Path(workdir)
-  spec = run.train
   mesh = sharding.make_mesh()
+  spec = dataclasses.replace(run.train, microbatches=sharding.resolve_microbatches(
+      run.train.microbatches, run.batch_size, mesh))
   try:
     sharding.check_batch_size(run.batch_size, mesh.size, spec.microbatches)
   except ValueError as e:
@@ -247,9 +249,9 @@ def train_and_evaluate(run: specs.RunSpec, workdir: PathLike) -> dict[str, float
                      f"{run.batch_size}; lower config.batch_size")
   total_epochs = spec.num_init_epochs + run.num_epochs
   total_steps = total_epochs * steps_per_epoch
-  logging.info("%d devices, global batch %d, %d steps per epoch, %d + %d epochs (%d steps)",
-               mesh.size, run.batch_size, steps_per_epoch, spec.num_init_epochs,
-               run.num_epochs, total_steps)
+  logging.info("%d devices, global batch %d in %d microbatches, %d steps per epoch, %d + %d "
+               "epochs (%d steps)", mesh.size, run.batch_size, spec.microbatches,
+               steps_per_epoch, spec.num_init_epochs, run.num_epochs, total_steps)
 
   evaluate_lib.sync_processes("ttsr_setup")  # Orbax's first steps use device collectives
   mngr = checkpoint.manager(workdir / checkpoint.CHECKPOINT_DIR, run.keep_checkpoints)
