@@ -289,7 +289,8 @@ def generator_gradients(it: Iteration, g_params: Params, vgg_params: Params, d_p
 
   `forward_vjp` reuses a `jax.vjp` of `generator_forward` over the whole batch (one microbatch)
   that was already run to feed the discriminator; `index` (N, h*w), the hard-attention index
-  such a forward pass found, spares the microbatches' forward passes the search.
+  that the microbatched forward pass feeding the discriminator found, spares the microbatches'
+  forward passes the search.
   """
   def gradients(inputs, forward_vjp=None):
     batch, index = inputs
