@@ -24,7 +24,7 @@ from ttsr_jax import specs
 from ttsr_jax.models import layers
 from ttsr_jax.models import precision
 from ttsr_jax.models.discriminator import Discriminator
-from ttsr_jax.models.ttsr import TTSR
+from ttsr_jax.models.ttsr import TTSR, TTSROutput
 from ttsr_jax.models.vgg import VGG19
 
 Params = Any
@@ -248,11 +248,17 @@ def discriminator_update(it: Iteration, d_params: Params, d_opt_state: optax.Opt
   return optax.apply_updates(d_params, updates), d_opt_state, grads, metrics
 
 
+def generate(model: TTSR, g_params: Params, batch: Batch,
+             index: Optional[jnp.ndarray] = None) -> TTSROutput:
+  """The generator's forward pass on `batch`. `index` is the search's hard-attention index when
+  an earlier forward pass of the same parameters and batch found it."""
+  return model.apply({"params": g_params}, *model_inputs(batch), index)
+
+
 def generator_forward(model: TTSR, g_params: Params, batch: Batch,
                       index: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, ...]:
-  """(sr, S, T_lv3, T_lv2, T_lv1): what the generator's losses read. `index` is the search's
-  hard-attention index when an earlier forward pass of the same parameters and batch found it."""
-  out = model.apply({"params": g_params}, *model_inputs(batch), index)
+  """(sr, S, T_lv3, T_lv2, T_lv1) of `generate`: what the generator's losses read."""
+  out = generate(model, g_params, batch, index)
   return out.sr, out.S, out.T_lv3, out.T_lv2, out.T_lv1
 
 
@@ -338,7 +344,7 @@ def d_updates_and_g_gradients(it: Iteration, state: TrainState, batch: Batch, vg
       sr = forward_vjp[0][0]
     else:
       def sr_and_index(microbatch):
-        out = it.nets.model.apply({"params": state.g_params}, *model_inputs(microbatch))
+        out = generate(it.nets.model, state.g_params, microbatch)
         return out.sr, out.index
 
       with layers.loop_body():
